@@ -1,0 +1,191 @@
+"""Local paths and ``s3://`` URIs behind one small API.
+
+Datasets go through pyarrow's S3 filesystem (what Ray Data reads with); single files
+and checkpoint folders go through boto3. Both take the endpoint from ``StorageConfig``,
+so an S3-compatible store (MinIO, Ceph, moto in tests) works the same as AWS.
+Credentials follow boto3's usual chain (environment, shared file, instance profile):
+they never sit in a config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+@dataclass
+class StorageConfig:
+    """Where ``s3://`` URIs point."""
+
+    endpoint_url: str | None = None
+    """S3 endpoint for S3-compatible stores (e.g. ``http://127.0.0.1:9000``); empty for AWS."""
+    region: str = "us-east-1"
+    """S3 region."""
+    connect_timeout_s: float = 5.0
+    """Seconds to wait for the S3 endpoint before failing with a clear error."""
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/path`` → ``("bucket", "key/path")``."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI {uri!r} names no bucket")
+    return bucket, key.strip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for both local paths and URIs."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def arrow_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or an ``s3://`` URI."""
+    cfg = cfg or StorageConfig()
+    if is_s3(uri):
+        kwargs: dict[str, Any] = {"region": cfg.region, "connect_timeout": cfg.connect_timeout_s}
+        if cfg.endpoint_url:
+            scheme, _, host = cfg.endpoint_url.partition("://")
+            kwargs["endpoint_override"] = host or scheme
+            kwargs["scheme"] = scheme if host else "https"
+        bucket, key = split_s3(uri)
+        return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def s3_client(cfg: StorageConfig | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    cfg = cfg or StorageConfig()
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.endpoint_url or None,
+        region_name=cfg.region,
+        config=Config(connect_timeout=cfg.connect_timeout_s, retries={"max_attempts": 2}),
+    )
+
+
+def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
+    fs, path = arrow_filesystem(uri, cfg)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
+    fs, path = arrow_filesystem(uri, cfg)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri} does not exist")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
+    fs, path = arrow_filesystem(uri, cfg)
+    if not is_s3(uri):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Fail fast, with the endpoint in the message, when an S3 store does not answer."""
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _ = split_s3(uri)
+    try:
+        s3_client(cfg).head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        raise ValueError(f"S3 bucket {bucket!r} of {uri} is not accessible: {exc}") from exc
+    except BotoCoreError as exc:
+        endpoint = (cfg or StorageConfig()).endpoint_url or "AWS S3"
+        raise ValueError(f"S3 endpoint {endpoint} does not answer for {uri}: {exc}") from exc
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_dir(uri: str, local_dir: str | Path, cfg: StorageConfig | None = None) -> Path:
+    """Mirror the objects under an ``s3://`` prefix into ``local_dir``.
+
+    Files already there with the same size and ETag (recorded in ``.s3-etags.json``)
+    are skipped, so a second load of a 13B checkpoint costs only a listing.
+    """
+    local = Path(local_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    bucket, prefix = split_s3(uri)
+    client = s3_client(cfg)
+    etag_file = local / ".s3-etags.json"
+    known: dict[str, str] = json.loads(etag_file.read_text()) if etag_file.exists() else {}
+    paginator = client.get_paginator("list_objects_v2")
+    found = 0
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            rel = key[len(prefix) :].lstrip("/") if prefix else key
+            if not rel or rel.endswith("/"):
+                continue
+            found += 1
+            target = local / rel
+            etag = obj["ETag"].strip('"')
+            if target.exists() and target.stat().st_size == obj["Size"] and known.get(rel) == etag:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(target))
+            known[rel] = etag
+    if found == 0:
+        raise FileNotFoundError(f"no objects under {uri}")
+    etag_file.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return local
+
+
+def upload_dir(local_dir: str | Path, uri: str, cfg: StorageConfig | None = None) -> None:
+    """Copy every file under ``local_dir`` to the ``s3://`` prefix (or a local folder)."""
+    local = Path(local_dir)
+    if not local.is_dir():
+        raise FileNotFoundError(f"{local} is not a folder")
+    if not is_s3(uri):
+        import shutil
+
+        shutil.copytree(local, uri, dirs_exist_ok=True)
+        return
+    bucket, prefix = split_s3(uri)
+    client = s3_client(cfg)
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            key = "/".join(p for p in (prefix, path.relative_to(local).as_posix()) if p)
+            client.upload_file(str(path), bucket, key)
+
+
+def materialize_dir(uri: str, cache_dir: str | Path, cfg: StorageConfig | None = None) -> Path:
+    """A local folder holding ``uri``: the path itself, or an S3 prefix mirrored into the cache."""
+    if not is_s3(uri):
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{uri} does not exist")
+        return path
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    bucket, key = split_s3(uri)
+    name = (key.rstrip("/").rsplit("/", 1)[-1] or bucket) + "-" + digest
+    return download_dir(uri, Path(cache_dir) / "s3" / name, cfg)
