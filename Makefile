@@ -64,4 +64,4 @@ compare: install
 	$(PY) jobs/compare.py --config configs/compare/default.yaml
 
 docs: install
-	$(PY) -m posegpt.docs_reference --write docs/configuration.md
+	$(PY) jobs/config_reference.py --write docs/configuration.md

@@ -1,0 +1,115 @@
+"""MLflow conventions shared by every job: one tracking URI, shard folders as datasets.
+
+Every job logs a run: ``prepare`` registers its shard folder as an MLflow dataset,
+``train`` logs that same dataset as its input (so a model version leads back to
+the exact shards), ``evaluate`` logs against the checkpoint's run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posegpt.config import flatten
+from posegpt.storage import is_s3
+
+MLFLOW_PARAM_LIMIT = 6000
+"""Longest parameter value MLflow stores; longer ones are cut with a marker."""
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking URI (``http://mlflow:5000``, ``sqlite:///path.db``); empty: a sqlite file under the job's output folder."""
+    experiment: str = "posegpt"
+    """MLflow experiment name shared by the jobs of one project."""
+    registered_model: str = "posegpt"
+    """Name under which training registers model versions."""
+    enabled: bool = True
+    """Set false to run without any MLflow logging (quick local experiments)."""
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, default_dir: str | Path) -> str:
+    """The configured URI, or ``sqlite:///<default_dir>/mlflow.db`` (folder created)."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if is_s3(str(default_dir)):
+        raise ValueError(
+            f"tracking.tracking_uri must be set when the output folder is on S3 ({default_dir}): "
+            "a sqlite store cannot live there"
+        )
+    folder = Path(default_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def configure(cfg: TrackingConfig, default_dir: str | Path) -> str:
+    """Point MLflow at the tracking store and experiment; returns the URI."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg, default_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+@contextmanager
+def run(
+    cfg: TrackingConfig,
+    default_dir: str | Path,
+    run_name: str,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Any]:
+    """Start (or resume, given ``run_id``) an MLflow run; yields the active run or None when disabled."""
+    if not cfg.enabled:
+        yield None
+        return
+    import mlflow
+
+    configure(cfg, default_dir)
+    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": run_name}
+    if parent_run_id:
+        kwargs["parent_run_id"] = parent_run_id
+        kwargs["nested"] = True
+    with mlflow.start_run(tags=tags, **kwargs) as active:
+        yield active
+
+
+def log_config(config: Any) -> None:
+    """Log every config key as an MLflow param (dotted names)."""
+    import mlflow
+
+    params = {}
+    for key, value in flatten(config).items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        if len(text) > MLFLOW_PARAM_LIMIT:
+            text = text[: MLFLOW_PARAM_LIMIT - 20] + "...(truncated)"
+        params[key] = text
+    mlflow.log_params(params)
+
+
+def shard_dataset(shard_root: str, manifest: dict[str, Any], name: str | None = None) -> Any:
+    """An ``mlflow.data`` dataset describing a shard folder; its digest is the manifest's."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    uri = shard_root if is_s3(shard_root) else Path(shard_root).resolve().as_uri()
+    source = resolve_dataset_source(uri)
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    return MetaDataset(source=source, name=name or Path(str(shard_root).rstrip("/")).name, digest=digest)
+
+
+def log_shard_dataset(shard_root: str, manifest: dict[str, Any], context: str, name: str | None = None) -> None:
+    """Record the shard folder as an input of the active run (``context``: preparing, training, evaluation)."""
+    import mlflow
+
+    mlflow.log_input(shard_dataset(shard_root, manifest, name), context=context)

@@ -1,0 +1,160 @@
+"""The cluster manifests parse, name entry points that exist and answer --help, and agree on versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
+PINS = {
+    re.split(r"[\[=]", dep)[0].lower(): dep.split("==")[1]
+    for dep in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["dev"]
+    if "==" in dep
+}
+IMAGE = "ghcr.io/posegpt-ray/posegpt-ray"
+
+
+def manifest_docs() -> list[tuple[Path, dict]]:
+    docs = []
+    for path in sorted(INFRA.rglob("*.yaml")):
+        if path.name.startswith(".hadolint"):
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append((path, doc))
+    return docs
+
+
+def walk(node: object) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append((str(k), v))
+            out.extend(walk(v))
+    elif isinstance(node, list):
+        for v in node:
+            out.extend(walk(v))
+    return out
+
+
+def test_every_manifest_parses_and_has_a_kind_or_is_a_launcher_config() -> None:
+    docs = manifest_docs()
+    kinds = {doc.get("kind") for _, doc in docs}
+    assert {"RayCluster", "RayJob", "RayService", "ConfigMap", "Deployment", "Service"} <= kinds
+    for path, doc in docs:
+        assert "kind" in doc or "cluster_name" in doc, f"{path} is neither a k8s manifest nor a launcher config"
+
+
+def test_every_image_tag_agrees_with_the_project_version() -> None:
+    images = [(p, v) for p, d in manifest_docs() for k, v in walk(d) if k == "image"]
+    assert images, "no image fields found"
+    for path, image in images:
+        assert image == f"{IMAGE}:{VERSION}", f"{path}: image {image} does not match version {VERSION}"
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert f"ARG POSEGPT_VERSION={VERSION}" in dockerfile
+
+
+def test_ray_version_of_the_clusters_is_the_pinned_one() -> None:
+    versions = [v for _, d in manifest_docs() for k, v in walk(d) if k == "rayVersion"]
+    assert versions and set(versions) == {PINS["ray"]}
+
+
+def test_dockerfile_installs_the_pinned_versions() -> None:
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    # Everything goes through the lock file, and the lock agrees with every pin of pyproject.toml.
+    assert "pip install -c requirements.lock -e ." in dockerfile
+    assert re.findall(r"\b[\w\-]+==[0-9][\w.]*", dockerfile) == [], "a version is hard-coded in the Dockerfile"
+    lock = {
+        line.split("==")[0].lower().replace("_", "-"): line.strip().split("==")[1]
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
+    for name, version in PINS.items():
+        assert lock.get(name) == version, f"requirements.lock has {name}=={lock.get(name)}, pyproject pins {version}"
+    python = re.search(r"ARG PYTHON_VERSION=(\S+)", dockerfile)
+    assert python and PYPROJECT["project"]["requires-python"] == f">={python.group(1)},<3.12"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    exe = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(exe), "-c", str(INFRA / "docker" / ".hadolint.yaml"), str(INFRA / "docker" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_aws_cluster_config_matches_rays_schema() -> None:
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    assert config["available_node_types"]["a100"]["node_config"]["InstanceType"].startswith("p4d")
+    assert "IamInstanceProfile" in config["available_node_types"]["a100"]["node_config"]
+
+
+def test_kuberay_manifests_are_generated_from_their_sources() -> None:
+    result = subprocess.run(
+        [sys.executable, str(INFRA / "kuberay" / "generate.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    service = yaml.safe_load((INFRA / "kuberay" / "rayservice.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+
+
+def test_rayjobs_shut_down_and_use_no_inline_credentials() -> None:
+    for path in sorted((INFRA / "kuberay").glob("rayjob-*.yaml")):
+        spec = yaml.safe_load(path.read_text())["spec"]
+        assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+        yaml.safe_load(spec["runtimeEnvYAML"])
+    for path, doc in manifest_docs():
+        text = yaml.safe_dump(doc)
+        assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*:\s*\S", text), f"{path} holds an inline credential"
+        if doc.get("kind") == "Secret":
+            pytest.fail(f"{path}: Secrets are created with kubectl, not committed")
+    workers = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())["spec"]["workerGroupSpecs"][0]
+    assert workers["minReplicas"] == 0
+    container = workers["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert workers["template"]["spec"]["tolerations"] and workers["template"]["spec"]["nodeSelector"]
+
+
+def _entrypoints() -> list[list[str]]:
+    out = []
+    for path in sorted((INFRA / "kuberay").glob("rayjob-*.yaml")):
+        out.append(shlex.split(yaml.safe_load(path.read_text())["spec"]["entrypoint"]))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", _entrypoints(), ids=lambda a: Path(a[1]).name)
+def test_rayjob_entrypoints_exist_answer_help_and_accept_their_overrides(argv: list[str]) -> None:
+    local = [a.replace("/opt/posegpt/", "") for a in argv[1:]]
+    script, config = REPO / local[0], REPO / local[2]
+    assert script.exists() and config.exists()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-2000:]
+    # Every override names a real key of the job's config: values from the ConfigMap are filled in.
+    from jobs.config_reference import job_config_classes
+
+    classes = dict(job_config_classes())
+    from posegpt.config import load_config
+
+    overrides = [o.split("=", 1)[0] + "=" + "s3://bucket/x" for o in local[3:]]
+    load_config(classes[local[0]], config, overrides)
