@@ -61,7 +61,8 @@ def axis_angle_to_rotmat(aa: Tensor) -> Tensor:
     b = torch.where(small, b_taylor, b_exact)[..., None]
     k = skew(aa)
     eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand(k.shape)
-    return eye + a * k + b * (k @ k)
+    # [v]×² = v vᵀ − θ² I: an outer product instead of a batched 3×3 matmul (much faster on CPU).
+    return (1.0 - b * theta2[..., None]) * eye + a * k + b * (aa[..., :, None] * aa[..., None, :])
 
 
 def _sqrt_positive(x: Tensor) -> Tensor:
@@ -123,9 +124,9 @@ def quaternion_to_axis_angle(quat: Tensor) -> Tensor:
     small = n2 < 1e-12
     safe_n = torch.where(small, torch.ones_like(n2), n2).sqrt()
     theta = 2.0 * torch.atan2(safe_n, w)
-    # theta / sin(theta/2) -> 2 / w * (1 + n^2 / (6 w^2)) near 0
+    # theta / sin(theta/2) = 2·atan(n/w)/n -> 2 / w * (1 - n^2 / (3 w^2)) near 0
     scale_exact = theta / safe_n
-    scale_small = 2.0 / w.clamp(min=1e-6) * (1.0 + n2 / (6.0 * w.clamp(min=1e-6) ** 2))
+    scale_small = 2.0 / w.clamp(min=1e-6) * (1.0 - n2 / (3.0 * w.clamp(min=1e-6) ** 2))
     return xyz * torch.where(small, scale_small, scale_exact)
 
 
@@ -178,7 +179,8 @@ def rot_x(angle: float | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     c, s = torch.cos(a), torch.sin(a)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     return torch.stack(
-        [torch.stack([one, zero, zero], -1), torch.stack([zero, c, -s], -1), torch.stack([zero, s, c], -1)], -2
+        [torch.stack([one, zero, zero], -1), torch.stack([zero, c, -s], -1), torch.stack([zero, s, c], -1)],
+        -2,
     )
 
 
@@ -187,7 +189,8 @@ def rot_z(angle: float | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     c, s = torch.cos(a), torch.sin(a)
     one, zero = torch.ones_like(a), torch.zeros_like(a)
     return torch.stack(
-        [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1), torch.stack([zero, zero, one], -1)], -2
+        [torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1), torch.stack([zero, zero, one], -1)],
+        -2,
     )
 
 
@@ -212,7 +215,9 @@ def zup_root_to_camera_frame(root_aa: Tensor) -> Tensor:
     return rotmat_to_axis_angle(rx90 @ no_yaw)
 
 
-def similarity_procrustes(source: Tensor, target: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor, Tensor]:
+def similarity_procrustes(
+    source: Tensor, target: Tensor, eps: float = 1e-12
+) -> tuple[Tensor, Tensor, Tensor]:
     """Scale ``s``, rotation ``R`` and translation ``t`` minimising ``|s·R·x + t − y|²``.
 
     ``source`` and ``target``: (..., N, 3). Returns ``s`` (...), ``R`` (..., 3, 3)
@@ -221,7 +226,9 @@ def similarity_procrustes(source: Tensor, target: Tensor, eps: float = 1e-12) ->
     _check_last(source, (3,), "source")
     _check_last(target, (3,), "target")
     if source.shape != target.shape:
-        raise ValueError(f"source and target must have the same shape, got {tuple(source.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"source and target must have the same shape, got {tuple(source.shape)} and {tuple(target.shape)}"
+        )
     mu_x = source.mean(-2, keepdim=True)
     mu_y = target.mean(-2, keepdim=True)
     x0 = source - mu_x
