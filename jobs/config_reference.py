@@ -1,7 +1,7 @@
 """Generate ``docs/configuration.md``: every config key of every job, from the dataclasses' docstrings.
 
-    python jobs/config_reference.py --write docs/configuration.md   # regenerate
-    python jobs/config_reference.py --check docs/configuration.md   # exit 1 when stale (a test runs this)
+python jobs/config_reference.py --write docs/configuration.md   # regenerate
+python jobs/config_reference.py --check docs/configuration.md   # exit 1 when stale (a test runs this)
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def _rows(cls: type, prefix: str = "") -> list[str]:
             rows.extend(_rows(tp, f"{name}."))
         else:
             type_text = _type_text(tp).replace("|", "\\|")
-            rows.append(f"| `{name}` | `{type_text}` | {_default_text(field).replace('|', '\\|')} | {doc} |")
+            default = _default_text(field).replace("|", "\\|")
+            rows.append(f"| `{name}` | `{type_text}` | {default} | {doc} |")
     return rows
 
 
@@ -104,10 +105,14 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", type=Path, help="write the reference to this file")
-    group.add_argument("--check", type=Path, help="exit 1 when this file differs from the generated reference")
+    group.add_argument(
+        "--check", type=Path, help="exit 1 when this file differs from the generated reference"
+    )
     args = parser.parse_args(argv)
     text = render()
     if args.write:

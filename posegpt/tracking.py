@@ -108,7 +108,9 @@ def shard_dataset(shard_root: str, manifest: dict[str, Any], name: str | None = 
     return MetaDataset(source=source, name=name or Path(str(shard_root).rstrip("/")).name, digest=digest)
 
 
-def log_shard_dataset(shard_root: str, manifest: dict[str, Any], context: str, name: str | None = None) -> None:
+def log_shard_dataset(
+    shard_root: str, manifest: dict[str, Any], context: str, name: str | None = None
+) -> None:
     """Record the shard folder as an input of the active run (``context``: preparing, training, evaluation)."""
     import mlflow
 

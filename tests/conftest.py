@@ -23,6 +23,14 @@ from posegpt.runtime import DEFAULT_CACHE_DIR, setup_environment
 
 REPO = Path(__file__).resolve().parent.parent
 setup_environment(DEFAULT_CACHE_DIR)
+# moto's dummy credentials, set before any fixture starts Ray: Ray's workers and Ray Data's
+# read tasks inherit the environment of the first ray.init, and read from moto's S3 too.
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
+    os.environ.setdefault(_key, _value)
 
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}" for p in (REPO / "tests" / "fixtures").glob("*.py") if p.stem != "__init__"
@@ -64,7 +72,7 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception as exc:  # noqa: BLE001 - retry until the deadline
+        except Exception as exc:  # retry until the deadline
             last = exc
             time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
@@ -80,7 +88,13 @@ def ray_local() -> Iterator[None]:
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "YOLO_", "MLFLOW_", "TORCH_EXT", "DS_", "TRANSFORMERS_"))}},
+            runtime_env={
+                "env_vars": {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k.startswith(("HF_", "YOLO_", "MLFLOW_", "TORCH_EXT", "DS_", "TRANSFORMERS_"))
+                }
+            },
         )
     yield
     ray.shutdown()
@@ -93,7 +107,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     exe = Path(sys.executable).parent / "moto_server"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -122,16 +138,27 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
+    # The job runner (huey workers for GenAI jobs) is not needed for tracking and costs ~10 processes.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with (root / "server.log").open("w") as out:
         proc = subprocess.Popen(
             [
-                str(exe), "server",
-                "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                "--artifacts-destination", str(root / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                str(exe),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root}/mlflow.db",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     try:

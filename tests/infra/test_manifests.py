@@ -54,7 +54,9 @@ def test_every_manifest_parses_and_has_a_kind_or_is_a_launcher_config() -> None:
     kinds = {doc.get("kind") for _, doc in docs}
     assert {"RayCluster", "RayJob", "RayService", "ConfigMap", "Deployment", "Service"} <= kinds
     for path, doc in docs:
-        assert "kind" in doc or "cluster_name" in doc, f"{path} is neither a k8s manifest nor a launcher config"
+        assert "kind" in doc or "cluster_name" in doc, (
+            f"{path} is neither a k8s manifest nor a launcher config"
+        )
 
 
 def test_every_image_tag_agrees_with_the_project_version() -> None:
@@ -75,14 +77,18 @@ def test_dockerfile_installs_the_pinned_versions() -> None:
     dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
     # Everything goes through the lock file, and the lock agrees with every pin of pyproject.toml.
     assert "pip install -c requirements.lock -e ." in dockerfile
-    assert re.findall(r"\b[\w\-]+==[0-9][\w.]*", dockerfile) == [], "a version is hard-coded in the Dockerfile"
+    assert re.findall(r"\b[\w\-]+==[0-9][\w.]*", dockerfile) == [], (
+        "a version is hard-coded in the Dockerfile"
+    )
     lock = {
         line.split("==")[0].lower().replace("_", "-"): line.strip().split("==")[1]
         for line in (REPO / "requirements.lock").read_text().splitlines()
         if "==" in line
     }
     for name, version in PINS.items():
-        assert lock.get(name) == version, f"requirements.lock has {name}=={lock.get(name)}, pyproject pins {version}"
+        assert lock.get(name) == version, (
+            f"requirements.lock has {name}=={lock.get(name)}, pyproject pins {version}"
+        )
     python = re.search(r"ARG PYTHON_VERSION=(\S+)", dockerfile)
     assert python and PYPROJECT["project"]["requires-python"] == f">={python.group(1)},<3.12"
 
@@ -114,7 +120,9 @@ def test_kuberay_manifests_are_generated_from_their_sources() -> None:
     )
     assert result.returncode == 0, result.stderr
     service = yaml.safe_load((INFRA / "kuberay" / "rayservice.yaml").read_text())
-    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(
+        (REPO / "serve" / "config.yaml").read_text()
+    )
 
 
 def test_rayjobs_shut_down_and_use_no_inline_credentials() -> None:
@@ -127,7 +135,9 @@ def test_rayjobs_shut_down_and_use_no_inline_credentials() -> None:
         assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*:\s*\S", text), f"{path} holds an inline credential"
         if doc.get("kind") == "Secret":
             pytest.fail(f"{path}: Secrets are created with kubectl, not committed")
-    workers = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())["spec"]["workerGroupSpecs"][0]
+    workers = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())["spec"]["workerGroupSpecs"][
+        0
+    ]
     assert workers["minReplicas"] == 0
     container = workers["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -148,7 +158,9 @@ def test_rayjob_entrypoints_exist_answer_help_and_accept_their_overrides(argv: l
     script, config = REPO / local[0], REPO / local[2]
     assert script.exists() and config.exists()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-2000:]
     # Every override names a real key of the job's config: values from the ConfigMap are filled in.
     from jobs.config_reference import job_config_classes
