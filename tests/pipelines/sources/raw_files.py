@@ -1,0 +1,114 @@
+"""Tiny raw datasets in the real formats, written by the reader and prepare tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+
+def write_json(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def jpeg(path: Path, seed: int, size: tuple[int, int] = (96, 80)) -> Path:
+    """A random-coloured JPEG of ``size`` (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def amass_sequence(path: Path, frames: int, yaw_deg: float, seed: int) -> np.ndarray:
+    """An AMASS SMPL+H G npz of an upright body turned by ``yaw_deg`` about z; returns its (T, 156) poses."""
+    rng = np.random.default_rng(seed)
+    poses = rng.normal(0.0, 0.2, size=(frames, 156))
+    # Upright in AMASS's z-up world: SMPL's y-up body rotated by Rx(+90°), then a heading about z.
+    root = Rotation.from_euler("z", yaw_deg, degrees=True) * Rotation.from_euler("x", 90, degrees=True)
+    poses[:, :3] = root.as_rotvec()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        poses=poses,
+        trans=np.zeros((frames, 3)),
+        betas=np.zeros(16),
+        gender=np.array("neutral"),
+        mocap_framerate=np.array(60.0),
+    )
+    return poses
+
+
+def posescript_v2(
+    root: Path, entries: dict[int, tuple[str, int]], splits: dict[str, list[int]], human: dict, auto: dict
+) -> Path:
+    folder = root / "posescript"
+    write_json(
+        folder / "ids_2_dataset_sequence_and_frame_index_100k.json",
+        {str(k): ["AMASS", rel, fr] for k, (rel, fr) in entries.items()},
+    )
+    for split, ids in splits.items():
+        write_json(folder / f"{split}_ids_100k.json", ids)
+    write_json(folder / "posescript_human_6293.json", {str(k): v for k, v in human.items()})
+    write_json(folder / "posescript_auto_100k.json", {str(k): v for k, v in auto.items()})
+    return folder
+
+
+def posescript_v1(
+    root: Path,
+    entries: dict[int, tuple[str, int]],
+    splits: dict[str, list[int]],
+    human: dict,
+    auto: dict[int, list[str]],
+) -> Path:
+    folder = root / "posescript_v1"
+    write_json(
+        folder / "ids_2_dataset_sequence_and_frame_index.json",
+        {str(k): ["AMASS", rel, fr] for k, (rel, fr) in entries.items()},
+    )
+    for split, ids in splits.items():
+        write_json(folder / f"{split}_ids.json", ids)
+    write_json(folder / "human6293.json", {str(k): v for k, v in human.items()})
+    for i, letter in enumerate("ABCDEF"):
+        write_json(folder / f"automatic_{letter}.json", {str(k): v[i] for k, v in auto.items() if i < len(v)})
+    return folder
+
+
+def spin_npz(path: Path, imgnames: list[str], centers, scales, poses, has_smpl=None) -> Path:
+    n = len(imgnames)
+    arrays = {
+        "imgname": np.array(imgnames),
+        "center": np.asarray(centers, dtype=np.float64),
+        "scale": np.asarray(scales, dtype=np.float64),
+        "pose": np.asarray(poses, dtype=np.float64),
+        "shape": np.arange(n * 10, dtype=np.float64).reshape(n, 10) / 100,
+    }
+    if has_smpl is not None:
+        arrays["has_smpl"] = np.asarray(has_smpl, dtype=np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def hmr2_npz(path: Path, imgnames: list[str], centers, scales, poses, has_pose, has_betas) -> Path:
+    n = len(imgnames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        imgname=np.array(imgnames),
+        center=np.asarray(centers, dtype=np.float64),
+        scale=np.asarray(scales, dtype=np.float64),
+        body_pose=np.asarray(poses, dtype=np.float64),
+        has_body_pose=np.asarray(has_pose, dtype=np.float64),
+        betas=np.ones((n, 10)),
+        has_betas=np.asarray(has_betas, dtype=np.float64),
+    )
+    return path
