@@ -1,0 +1,127 @@
+"""PoseGPT checkpoint directories: save and load with bit-identical outputs.
+
+Layout (DESIGN.md)::
+
+    adapter/                 PEFT LoRA adapter (LoRA weights, <POSE> rows, projector when trained)
+    pose_head.safetensors    the SMPL head
+    tokenizer/               the processor: tokenizer with <POSE>, image processor
+    config.yaml              PoseGPTModelConfig, naming the base model
+
+The base model is not copied: loading reads it from ``base_model`` (a local folder
+or ``s3://``), adds the token rows and applies the adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posegpt.config import dump_config, load_config
+from posegpt.model.config import PoseGPTModelConfig
+from posegpt.model.lora import peft_wrapping
+from posegpt.model.pose_head import PoseHead
+from posegpt.model.posegpt_model import PoseGPTModel, enable_gradient_checkpointing
+from posegpt.runtime import DEFAULT_CACHE_DIR
+from posegpt.storage import StorageConfig, is_s3, materialize_dir
+
+ADAPTER_DIR = "adapter"
+POSE_HEAD_FILE = "pose_head.safetensors"
+TOKENIZER_DIR = "tokenizer"
+CONFIG_FILE = "config.yaml"
+
+REQUIRED_FILES: tuple[tuple[str, str], ...] = (
+    (CONFIG_FILE, "the model config naming the base model"),
+    (f"{ADAPTER_DIR}/adapter_config.json", "the LoRA adapter config"),
+    (f"{ADAPTER_DIR}/adapter_model.safetensors", "the LoRA adapter weights"),
+    (POSE_HEAD_FILE, "the SMPL head weights"),
+    (f"{TOKENIZER_DIR}/tokenizer_config.json", "the tokenizer with <POSE>"),
+)
+
+
+def save_checkpoint(model: PoseGPTModel, out_dir: str | Path) -> Path:
+    """Write ``model`` as a checkpoint directory (local path); returns it."""
+    from safetensors.torch import save_file
+
+    if not hasattr(model.lm, "peft_config"):
+        raise ValueError(
+            "only a LoRA-wrapped PoseGPT model can be saved as a checkpoint (build it with lora=True)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.lm.save_pretrained(out / ADAPTER_DIR, save_embedding_layers=False)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
+    save_file(state, str(out / POSE_HEAD_FILE), metadata={"hidden_size": str(model.pose_head.hidden_size)})
+    model.processor.save_pretrained(out / TOKENIZER_DIR)
+    cfg = model.cfg
+    if not is_s3(cfg.base_model) and not Path(cfg.base_model).is_absolute():
+        # A relative base path would resolve against whatever folder a later loader runs in.
+        cfg = dataclasses.replace(cfg, base_model=str(Path(cfg.base_model).resolve()))
+    dump_config(cfg, out / CONFIG_FILE)
+    return out
+
+
+def check_checkpoint_dir(path: Path, where: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {where} is not a folder")
+    for name, what in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {where} is missing {name} ({what})")
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    storage: StorageConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | None = None,
+    trainable: bool = False,
+    overrides: list[str] | None = None,
+) -> PoseGPTModel:
+    """A ``PoseGPTModel`` from a checkpoint folder or ``s3://`` prefix.
+
+    ``trainable`` keeps the LoRA, token rows, head (and projector) trainable to resume
+    training; otherwise the model is in eval mode with everything frozen.
+    ``overrides`` are ``key=value`` settings of the saved model config (e.g. a new
+    ``base_model`` location).
+    """
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from posegpt.model.loading import (
+        load_llava,
+        load_processor,
+        pose_token_id,
+        resize_for_tokenizer,
+        resolve_base_dir,
+    )
+
+    local = materialize_dir(str(path), cache_dir, storage) if is_s3(str(path)) else Path(path)
+    check_checkpoint_dir(local, str(path))
+    extra = list(overrides or []) + ([f"dtype={dtype}"] if dtype else [])
+    cfg = load_config(PoseGPTModelConfig, local / CONFIG_FILE, extra)
+    processor = load_processor(local / TOKENIZER_DIR)
+    pose_id = pose_token_id(processor.tokenizer, cfg.pose_token, f"checkpoint {path}")
+    llava = load_llava(resolve_base_dir(cfg, cache_dir, storage), cfg.dtype, cfg.attn_implementation)
+    # The <POSE> rows themselves come from the adapter (trainable tokens); this only makes room.
+    resize_for_tokenizer(llava, len(processor.tokenizer))
+    with peft_wrapping():
+        lm: Any = PeftModel.from_pretrained(llava, local / ADAPTER_DIR, is_trainable=trainable)
+    head = PoseHead(llava.config.text_config.hidden_size)
+    state = load_file(str(local / POSE_HEAD_FILE))
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint {path}: {POSE_HEAD_FILE} does not fit the base model's hidden size: {exc}"
+        ) from exc
+    if trainable and cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(llava)
+    model = PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id).to(device)
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+    return model

@@ -1,0 +1,214 @@
+"""PoseGPT: a LLaVA backbone (LoRA-adapted) and the SMPL head, with the training loss.
+
+``PoseGPTModel`` is a plain ``nn.Module`` whose ``forward`` takes a collated batch
+(``posegpt.model.collate.Collator``) and returns the losses, so a trainer can wrap
+it with ``deepspeed.initialize`` and call ``engine(batch)``.
+
+Loss (DESIGN.md): ``λ_t · CE(assistant tokens) + λ_θ · mean |R̂ − R|`` over the 24
+rotation matrices of every ``<POSE>``. The hidden state for a ``<POSE>`` is the
+final-layer state at the position whose next-token prediction is ``<POSE>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posegpt.geometry import axis_angle_to_rotmat
+from posegpt.model.config import PoseGPTModelConfig
+from posegpt.model.conversation import IGNORE_INDEX
+from posegpt.model.pose_head import PoseHead
+from posegpt.model.vision_input import num_image_tokens
+from posegpt.runtime import DEFAULT_CACHE_DIR
+from posegpt.skeleton import NUM_JOINTS
+from posegpt.storage import StorageConfig
+
+
+@dataclass
+class PoseGPTOutput:
+    """Losses of one batch; ``loss`` is what to back-propagate."""
+
+    loss: Tensor
+    text_loss: Tensor
+    pose_loss: Tensor
+    n_text_tokens: int
+    n_poses: int
+    pred_rotmats: Tensor
+    """(P, 24, 3, 3) predicted rotations, one per ``<POSE>`` of the batch, in batch order."""
+
+
+class PoseGPTModel(nn.Module):
+    """LLaVA (optionally wrapped by PEFT) + ``PoseHead``, with the processor that feeds them."""
+
+    def __init__(
+        self, lm: nn.Module, pose_head: PoseHead, processor: Any, cfg: PoseGPTModelConfig, pose_token_id: int
+    ):
+        super().__init__()
+        self.lm = lm
+        self.pose_head = pose_head
+        self.processor = processor
+        self.cfg = cfg
+        self.pose_token_id = int(pose_token_id)
+        config = self.llava.config
+        self.image_token_id = int(config.image_token_id)
+        self.num_image_tokens = num_image_tokens(config)
+        self.context_length = int(config.text_config.max_position_embeddings)
+        check_processor(processor, config)
+
+    @property
+    def llava(self) -> Any:
+        """The ``LlavaForConditionalGeneration`` inside (LoRA layers injected in place)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.pose_head.fc1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llava.dtype
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Final-layer hidden states (B, L, H) (after the last norm, what the LM head reads) and the KV cache."""
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device, self.llava.model.vision_tower.dtype)
+        out = self.llava.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, out.cache
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        return self.llava.lm_head(hidden)
+
+    def merge_lora(self) -> None:
+        """Fold LoRA, the token rows and the projector into the base weights (inference only).
+
+        Decoding then runs plain linear layers: no adapter branches per step. The
+        result can no longer be trained or saved as an adapter checkpoint.
+        """
+        if hasattr(self.lm, "merge_and_unload"):
+            self.lm = self.lm.merge_and_unload()
+
+    def forward(self, batch: Mapping[str, Tensor]) -> PoseGPTOutput:
+        """Loss of a collated batch: keys ``input_ids``, ``attention_mask``, ``labels``, optional
+        ``pixel_values`` (one per row with an image, in row order), ``pose_index`` (P, 2) and
+        ``pose_targets`` (P, 72)."""
+        device = self.device
+        input_ids = batch["input_ids"].to(device)
+        attention_mask = batch["attention_mask"].to(device)
+        labels = batch["labels"].to(device)
+        hidden, _ = self.encode(input_ids, attention_mask, batch.get("pixel_values"))
+
+        # Next-token CE over assistant tokens only: logits only where a label exists
+        # (saves the B × L × vocab tensor of a 7B model).
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        n_text = int(keep.sum())
+        if n_text:
+            logits = self.lm_logits(hidden[:, :-1][keep]).float()
+            text_loss = F.cross_entropy(logits, targets[keep])
+        else:
+            text_loss = hidden.sum() * 0.0
+
+        pose_index = batch.get("pose_index")
+        n_poses = 0 if pose_index is None else int(pose_index.shape[0])
+        if n_poses:
+            pose_index = pose_index.to(device)
+            states = hidden[pose_index[:, 0], pose_index[:, 1]]
+            pred = self.pose_head.rotmats(states)
+            target = axis_angle_to_rotmat(
+                batch["pose_targets"].to(device, torch.float32).view(-1, NUM_JOINTS, 3)
+            )
+            pose_loss = (pred - target).abs().mean()
+        else:
+            # Run the head on no rows so its parameters still get (zero) gradients: ZeRO and
+            # DDP then see the same parameter set in every step.
+            pred = self.pose_head.rotmats(hidden[:0, 0])
+            pose_loss = pred.sum() * 0.0
+        loss = self.cfg.lambda_text * text_loss + self.cfg.lambda_pose * pose_loss
+        return PoseGPTOutput(loss, text_loss, pose_loss, n_text, n_poses, pred)
+
+
+def check_processor(processor: Any, llava_config: Any) -> None:
+    """The image processor must produce the size the vision tower was built for."""
+    image_processor = processor.image_processor
+    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
+    if hasattr(crop, "height"):
+        height, width = crop.height, crop.width
+    elif isinstance(crop, Mapping):
+        height = crop.get("height", crop.get("shortest_edge"))
+        width = crop.get("width", crop.get("shortest_edge"))
+    else:
+        return
+    side = llava_config.vision_config.image_size
+    if height is not None and (height, width) != (side, side):
+        raise ValueError(
+            f"the image processor makes {height}x{width} inputs but the vision tower expects {side}x{side}"
+        )
+
+
+def build_model(
+    cfg: PoseGPTModelConfig,
+    *,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    storage: StorageConfig | None = None,
+    device: str | torch.device = "cpu",
+    lora: bool = True,
+) -> PoseGPTModel:
+    """A fresh PoseGPT from the base LLaVA of ``cfg``: ``<POSE>`` added, LoRA applied, head initialised."""
+    from posegpt.model.loading import load_llava, load_processor, resolve_base_dir
+
+    cfg.validate()
+    base_dir = resolve_base_dir(cfg, cache_dir, storage)
+    processor = load_processor(base_dir)
+    llava = load_llava(base_dir, cfg.dtype, cfg.attn_implementation)
+    return assemble(llava, processor, cfg, lora=lora).to(device)
+
+
+def assemble(llava: Any, processor: Any, cfg: PoseGPTModelConfig, *, lora: bool = True) -> PoseGPTModel:
+    """PoseGPT from an in-memory base LLaVA and its processor (both modified: token added, LoRA injected)."""
+    from posegpt.model.loading import add_pose_token
+    from posegpt.model.lora import apply_lora
+
+    llava.requires_grad_(False)
+    pose_id = add_pose_token(llava, processor.tokenizer, cfg.pose_token)
+    head = PoseHead(
+        llava.config.text_config.hidden_size,
+        init=cfg.pose_head_init,
+        mean_pose=cfg.pose_head_mean_pose,
+        init_std=cfg.pose_head_init_std,
+    )
+    lm: nn.Module = apply_lora(llava, cfg, [pose_id]) if lora else llava
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(llava)
+    return PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id)
+
+
+def enable_gradient_checkpointing(llava: Any) -> None:
+    llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # With every base weight frozen, the embeddings' output needs requires_grad for the
+    # checkpointed blocks to pass gradients through to the LoRA layers.
+    llava.enable_input_require_grads()
