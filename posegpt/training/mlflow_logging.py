@@ -1,0 +1,240 @@
+"""MLflow logging of a training run, done by rank 0 alone.
+
+Ray Train V2 does not take Tune's ``MLflowLoggerCallback``, so the rank-0 worker
+logs itself: one MLflow run per training run, whose id is kept in the run folder
+(``<storage_path>/<run_name>/mlflow_run_id``) and in every checkpoint, so a
+restarted or resumed run keeps logging into the same MLflow run. The run holds
+the whole config as params, the shard folder as its input dataset, per-step
+training metrics, the validation pose error, loss and PA-MPJPE curves as PNG
+plots, and the final checkpoint as a registered model version whose pyfunc
+answers pose queries (text in, pose out).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+
+from posegpt.config import to_dict
+from posegpt.storage import StorageConfig, exists, join, read_bytes, write_bytes
+from posegpt.training.config import TrainConfig
+
+RUN_ID_FILE = "mlflow_run_id"
+"""File in the run folder holding the MLflow run id shared by every (re)start of the run."""
+MODEL_NAME = "model"
+"""Artifact folder of the logged pyfunc model inside the MLflow run."""
+CHECKPOINT_ARTIFACT = "checkpoint"
+"""Name of the checkpoint folder among the pyfunc model's artifacts."""
+
+
+def read_run_id(run_dir: str, storage: StorageConfig | None) -> str | None:
+    uri = join(run_dir, RUN_ID_FILE)
+    if not exists(uri, storage):
+        return None
+    text = read_bytes(uri, storage).decode().strip()
+    return text or None
+
+
+class PoseQueryModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc model of a registered version: a text query in, the answer and its pose out.
+
+    Input: a DataFrame with a ``text`` column (or a list of strings); param
+    ``max_new_tokens``. Output: a DataFrame with ``answer`` (the generated text),
+    ``pose`` (72 axis-angle values of the first ``<POSE>``, empty when the answer
+    has none) and ``num_poses``. The checkpoint travels as the model's
+    ``checkpoint`` artifact and is loaded with ``posegpt.inference.PoseGPT``.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from posegpt.inference import PoseGPT
+
+        self.posegpt = PoseGPT.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    # No type hints on predict: MLflow would try to derive a signature from them.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        texts = _texts(model_input)
+        max_new_tokens = int((params or {}).get("max_new_tokens", 64))
+        answers = self.posegpt.batch([{"messages": t} for t in texts], max_new_tokens=max_new_tokens)
+        return pd.DataFrame(
+            {
+                "answer": [a.text for a in answers],
+                "pose": [a.poses[0].astype(float).tolist() if len(a.poses) else [] for a in answers],
+                "num_poses": [len(a.poses) for a in answers],
+            }
+        )
+
+
+def _texts(model_input: Any) -> list[str]:
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):
+        if "text" not in model_input.columns:
+            raise ValueError(f"pose queries need a 'text' column, got columns {list(model_input.columns)}")
+        return [str(t) for t in model_input["text"].tolist()]
+    if isinstance(model_input, dict) and "text" in model_input:
+        value = model_input["text"]
+        return [value] if isinstance(value, str) else [str(t) for t in value]
+    return [str(t) for t in model_input]
+
+
+class RunLogger:
+    """Rank 0's handle on the MLflow run of a training run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str, default_tracking_dir: str) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.default_dir = default_tracking_dir
+        self.run_id: str | None = None
+        self.enabled = cfg.tracking.enabled
+
+    def start(
+        self, known_run_id: str | None, manifest: dict[str, Any], deepspeed_config: dict[str, Any]
+    ) -> str | None:
+        """Start the run, or resume it when this training run already has one; returns its id."""
+        if not self.enabled:
+            return None
+        from posegpt import tracking
+
+        tracking.configure(self.cfg.tracking, self.default_dir)
+        run_id = known_run_id or read_run_id(self.run_dir, self.cfg.storage)
+        if run_id and not _run_exists(run_id):
+            # The run folder was logged to another tracking store: start a fresh MLflow run here.
+            run_id = None
+        if run_id:
+            mlflow.start_run(run_id=run_id)
+            # Params cannot change value once logged: a resumed run keeps its settings as an artifact.
+            resumes = len(mlflow.MlflowClient().list_artifacts(run_id, "config"))
+            mlflow.log_dict(to_dict(self.cfg), f"config/train-config-start{resumes}.json")
+        else:
+            active = mlflow.start_run(
+                run_name=self.cfg.run_name, tags={"posegpt.job": "train", "posegpt.run_dir": self.run_dir}
+            )
+            run_id = active.info.run_id
+            tracking.log_config(self.cfg)
+            mlflow.log_dict(to_dict(self.cfg), "config/train-config-start0.json")
+            mlflow.log_dict(deepspeed_config, "config/deepspeed.json")
+            tracking.log_shard_dataset(self.cfg.data.shard_root, manifest, context="training")
+            write_bytes(join(self.run_dir, RUN_ID_FILE), run_id.encode(), self.cfg.storage)
+        self.run_id = run_id
+        return run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled or not metrics:
+            return
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        mlflow.log_metrics(finite, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            mlflow.set_tags(tags)
+
+    def log_plots(self) -> None:
+        """Loss and validation PA-MPJPE curves (whole run history, all restarts) as PNGs."""
+        if not self.enabled or self.run_id is None:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        client = mlflow.MlflowClient()
+        keys = client.get_run(self.run_id).data.metrics.keys()
+
+        def curve(key: str) -> tuple[list[int], list[float]]:
+            # A resumed run logs some steps twice; keep the latest value per step.
+            by_step: dict[int, tuple[int, float]] = {}
+            for m in client.get_metric_history(self.run_id, key):
+                if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
+                    by_step[m.step] = (m.timestamp, m.value)
+            steps = sorted(by_step)
+            return steps, [by_step[s][1] for s in steps]
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in ("train/loss", "train/text_loss", "train/pose_loss"):
+            if key in keys:
+                ax.plot(*curve(key), label=key.split("/")[-1])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title(f"{self.cfg.run_name}: training loss")
+        mlflow.log_figure(fig, "plots/loss.png")
+        plt.close(fig)
+
+        val_keys = sorted(k for k in keys if k.startswith("val/") and k.endswith("/pa_mpjpe"))
+        if val_keys:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for key in val_keys:
+                task = key.split("/")[1]
+                steps, values = curve(key)
+                ax.plot(steps, values, marker="o", label=f"{task}")
+                base = f"val/{task}/mean_pose_pa_mpjpe"
+                if base in keys:
+                    bsteps, bvalues = curve(base)
+                    ax.plot(bsteps, bvalues, linestyle="--", label=f"{task} mean pose")
+            ax.set_xlabel("step")
+            ax.set_ylabel("PA-MPJPE (mm)")
+            ax.legend()
+            ax.set_title(f"{self.cfg.run_name}: held-out PA-MPJPE")
+            mlflow.log_figure(fig, "plots/val_pa_mpjpe.png")
+            plt.close(fig)
+
+    def log_final_model(self, checkpoint_dir: Path, checkpoint_uri: str) -> str | None:
+        """Log the final checkpoint as a pyfunc model (artifact ``model/``) and register a version.
+
+        Returns the registered version (or None when registration is off).
+        """
+        if not self.enabled:
+            return None
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        example = pd.DataFrame({"text": ["Show me the pose of a person sitting with the left knee bent."]})
+        output = pd.DataFrame(
+            {"answer": ["Here is the pose <POSE>."], "pose": [[0.0] * 72], "num_poses": [1]}
+        )
+        signature = infer_signature(example, output, params={"max_new_tokens": 64})
+        register = self.cfg.logging.register_model
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=PoseQueryModel(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
+            signature=signature,
+            pip_requirements=_requirements(),
+            registered_model_name=self.cfg.tracking.registered_model if register else None,
+        )
+        mlflow.set_tags({"posegpt.final_checkpoint": checkpoint_uri, "posegpt.model_uri": info.model_uri})
+        version = getattr(info, "registered_model_version", None)
+        return str(version) if version is not None else None
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status=status)
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def _requirements() -> list[str]:
+    """Pinned versions of what loading the pyfunc needs (no inference by running the model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "transformers", "peft", "safetensors", "tokenizers", "numpy", "pandas", "smplx"):
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return out
