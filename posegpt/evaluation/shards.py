@@ -1,0 +1,225 @@
+"""Reading the rows an evaluation scores, with the checks that make bad input fail clearly.
+
+The driver reads every column but the image (ground truth, prompts, captions,
+metadata) with pyarrow; the images travel to the model actors through Ray Data,
+which reads the same files itself (posegpt/evaluation/predict.py). Rows are
+joined back by ``sample_id``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from posegpt.skeleton import POSE_DIM
+from posegpt.storage import StorageConfig, arrow_filesystem, join
+
+POSE_TOKEN = "<POSE>"
+GT_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "task",
+    "source",
+    "split",
+    "conversation",
+    "poses",
+    "caption",
+    "meta",
+)
+"""Columns the driver reads (everything but the image bytes)."""
+DESCRIPTION_TYPE_KEYS: tuple[str, ...] = ("description_type", "desc_type", "description_kind")
+"""``meta`` keys that may carry an RPE row's description type (behaviour, outfit, pose, shape, summary)."""
+BBOX_KEYS: tuple[str, ...] = ("bbox", "box", "gt_bbox", "person_bbox")
+"""``meta`` keys that may carry the described person's box ``[x0, y0, x1, y1]`` in pixels of the row's image."""
+
+
+class ShardError(ValueError):
+    """Shards that cannot be evaluated: missing, empty, without ground truth, malformed."""
+
+
+@dataclass
+class TaskRows:
+    """The rows of one task and split, in file order."""
+
+    task: str
+    split: str
+    files: list[str]
+    sample_ids: list[str]
+    sources: list[str]
+    poses: np.ndarray
+    """(N, 72) ground-truth pose of each row's first ``<POSE>``."""
+    prompts: list[list[dict[str, str]]]
+    """Conversation turns before the first assistant turn holding ``<POSE>`` (ends with a user turn)."""
+    captions: list[str | None]
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = True
+    """Every row of ``files`` is here (False when cut to ``max_rows``)."""
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def query_texts(self) -> list[str]:
+        """The description of each row: its caption, else its last user turn without the image marker."""
+        out = []
+        for caption, prompt in zip(self.captions, self.prompts, strict=True):
+            if caption:
+                out.append(caption)
+            else:
+                out.append(prompt[-1]["content"].replace("<image>", "").strip())
+        return out
+
+    def description_types(self) -> list[str] | None:
+        """Each row's description type from ``meta`` (None when no row carries one)."""
+        types = [next((str(m[k]) for k in DESCRIPTION_TYPE_KEYS if m.get(k)), "") for m in self.meta]
+        return types if any(types) else None
+
+    def bboxes(self) -> list[list[float] | None]:
+        return [
+            next((list(map(float, m[k])) for k in BBOX_KEYS if m.get(k) is not None), None) for m in self.meta
+        ]
+
+    def select(self, n: int) -> TaskRows:
+        """The first ``n`` rows."""
+        return TaskRows(
+            self.task,
+            self.split,
+            self.files,
+            self.sample_ids[:n],
+            self.sources[:n],
+            self.poses[:n],
+            self.prompts[:n],
+            self.captions[:n],
+            self.meta[:n],
+            complete=self.complete and n >= len(self),
+        )
+
+
+def split_dir(shard_root: str, task: str, split: str) -> str:
+    return join(shard_root, task, split)
+
+
+def list_shard_files(
+    shard_root: str, task: str, split: str, storage: StorageConfig | None = None
+) -> list[str]:
+    """Sorted Parquet files of ``<root>/<task>/<split>/`` as URIs/paths (empty list when none)."""
+    uri = split_dir(shard_root, task, split)
+    fs, path = arrow_filesystem(uri, storage)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = sorted(
+        i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    )
+    return [join(uri, n) for n in names]
+
+
+def read_task_rows(
+    shard_root: str,
+    task: str,
+    split: str,
+    storage: StorageConfig | None = None,
+    need_captions: bool = False,
+    max_rows: int = 0,
+) -> TaskRows:
+    """All rows of a task's split (or the first ``max_rows``), checked for ground truth.
+
+    Raises ``ShardError`` naming the folder, file or sample when the split has no
+    shards, no rows, a row without a pose (or caption, with ``need_captions``), or a
+    conversation without a ``<POSE>`` answer.
+    """
+    files = list_shard_files(shard_root, task, split, storage)
+    where = split_dir(shard_root, task, split)
+    if not files:
+        raise ShardError(f"no Parquet shards in {where}: the {task!r} task has no {split!r} split there")
+    tables = []
+    total = 0
+    for f in files:
+        fs, path = arrow_filesystem(f, storage)
+        schema = pq.read_schema(path, filesystem=fs)
+        missing = [c for c in GT_COLUMNS if c not in schema.names]
+        if missing:
+            raise ShardError(f"{f}: missing columns {missing} (not a QA shard of schema version 1?)")
+        table = pq.read_table(path, columns=list(GT_COLUMNS), filesystem=fs)
+        tables.append(table)
+        total += table.num_rows
+        if max_rows and total >= max_rows:
+            break
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        raise ShardError(f"{where}: the {split!r} split of {task!r} is empty (0 rows in {len(files)} files)")
+    complete = len(tables) == len(files) and not (max_rows and table.num_rows > max_rows)
+    if max_rows:
+        table = table.slice(0, max_rows)
+    rows = table.to_pylist()
+    parsed = _parse_rows(rows, task, split, files[: len(tables)], need_captions)
+    parsed.complete = complete
+    return parsed
+
+
+def _parse_rows(
+    rows: Sequence[dict[str, Any]], task: str, split: str, files: list[str], need_captions: bool
+) -> TaskRows:
+    ids, sources, poses, prompts, captions, metas = [], [], [], [], [], []
+    seen: set[str] = set()
+    for row in rows:
+        sid = str(row["sample_id"])
+        if sid in seen:
+            raise ShardError(f"{task}/{split}: sample_id {sid!r} appears twice; sample ids must be unique")
+        seen.add(sid)
+        pose_list = row.get("poses")
+        if not pose_list:
+            raise ShardError(
+                f"{task}/{split}: sample {sid!r} has no ground-truth pose; pose metrics need one per row "
+                f"(shards in {files[0].rsplit('/', 1)[0]})"
+            )
+        pose = np.asarray(pose_list[0], dtype=np.float32)
+        if pose.shape != (POSE_DIM,) or not np.isfinite(pose).all():
+            raise ShardError(
+                f"{task}/{split}: sample {sid!r} has a malformed pose (shape {pose.shape} or non-finite)"
+            )
+        caption = row.get("caption")
+        if need_captions and not (caption and str(caption).strip()):
+            raise ShardError(
+                f"{task}/{split}: sample {sid!r} has no caption; the retrieval recalls need the raw description of every row"
+            )
+        try:
+            meta = json.loads(row.get("meta") or "{}")
+        except json.JSONDecodeError as exc:
+            raise ShardError(f"{task}/{split}: sample {sid!r} has invalid meta JSON ({exc})") from exc
+        ids.append(sid)
+        sources.append(str(row.get("source") or "unknown"))
+        poses.append(pose)
+        prompts.append(prompt_turns(row.get("conversation") or [], sid))
+        captions.append(str(caption) if caption else None)
+        metas.append(meta if isinstance(meta, dict) else {})
+    return TaskRows(task, split, files, ids, sources, np.stack(poses), prompts, captions, metas)
+
+
+def prompt_turns(conversation: Sequence[dict[str, Any]], sample_id: str) -> list[dict[str, str]]:
+    """Turns before the first assistant turn that holds ``<POSE>``: the query the model answers."""
+    turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in conversation]
+    for i, turn in enumerate(turns):
+        if turn["role"] == "assistant" and POSE_TOKEN in turn["content"]:
+            if i == 0 or turns[i - 1]["role"] != "user":
+                raise ShardError(f"sample {sample_id!r}: the pose answer does not follow a user turn")
+            return turns[:i]
+    raise ShardError(
+        f"sample {sample_id!r}: no assistant turn holds {POSE_TOKEN}, so there is nothing to ask the model"
+    )
+
+
+def read_manifest(shard_root: str, storage: StorageConfig | None = None) -> dict[str, Any] | None:
+    """``<root>/manifest.json`` as a dict, or None when there is none."""
+    from posegpt.storage import exists, read_bytes
+
+    uri = join(shard_root, "manifest.json")
+    if not exists(uri, storage):
+        return None
+    return json.loads(read_bytes(uri, storage))
