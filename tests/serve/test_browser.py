@@ -1,0 +1,113 @@
+"""The web page in a real headless Chromium (Debian's package, driven by Playwright; no browser download).
+
+Loads the page from the local service, sends a message, waits for the body (server PNG and
+canvas viewer), takes a screenshot, checks that the canvas shows a body, that dragging turns
+it, and that the page fetched nothing from outside the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fixtures.model import POSING_SAMPLES
+from tests.fixtures.serving import Served
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="Debian's chromium is not installed (make browser installs it)"
+    ),
+]
+
+STANDING = POSING_SAMPLES[0]["prompt"]
+
+CANVAS_PIXELS = """([canvas, bg]) => {
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let body = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (Math.abs(data[i] - bg[0]) + Math.abs(data[i + 1] - bg[1]) + Math.abs(data[i + 2] - bg[2]) > 12) body++;
+  }
+  return {body, total: data.length / 4, url: canvas.toDataURL()};
+}"""
+
+
+def body_fraction(png: bytes, background: tuple[int, int, int]) -> float:
+    """Share of pixels of a screenshot that differ from the viewer's background."""
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float((np.abs(image - np.array(background)).sum(axis=2) > 12).mean())
+
+
+def test_page_chats_and_shows_the_body(served: Served, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    requested: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                viewport={"width": 1100, "height": 900}, extra_http_headers=served.headers
+            )
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(served.url + "/", wait_until="load")
+            page.fill("#message", STANDING)
+            page.click("#send")
+            page.wait_for_selector(".msg.assistant", timeout=60_000)
+            assert "[pose 1]" in page.inner_text(".msg.assistant")
+            canvas = page.wait_for_selector("canvas.body-viewer[data-drawn]", timeout=60_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('img.body-png'); return i && i.complete && i.naturalWidth > 0; }",
+                timeout=30_000,
+            )
+            link = page.get_attribute(".pose a", "href")
+            assert link and link.endswith("/mesh.obj")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            canvas_shot = canvas.screenshot()
+            hex_bg = page.evaluate("window.BodyViewer.BACKGROUND")
+            background = tuple(int(hex_bg[i : i + 2], 16) for i in (1, 3, 5))
+
+            before = page.evaluate(CANVAS_PIXELS, [canvas, background])
+            box = canvas.bounding_box()
+            assert box is not None
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x + 80, y, steps=8)
+            page.mouse.up()
+            page.wait_for_function(
+                "(n) => Number(document.querySelector('canvas.body-viewer').dataset.drawn) > n",
+                arg=1,
+                timeout=10_000,
+            )
+            after = page.evaluate(CANVAS_PIXELS, [canvas, background])
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    # The canvas shows a body (neither empty nor filled), before and after turning it; turning changes it.
+    for state in (before, after):
+        assert 0.03 < state["body"] / state["total"] < 0.7, state["body"]
+    assert hashlib.sha1(before["url"].encode()).digest() != hashlib.sha1(after["url"].encode()).digest()
+    # The screenshot of the canvas shows it too.
+    assert 0.03 < body_fraction(canvas_shot, background) < 0.7
+    # Everything came from the service itself.
+    assert requested and all(url.startswith(served.url) for url in requested), requested
