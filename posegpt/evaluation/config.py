@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from posegpt.detect import DetectorConfig
 from posegpt.retrieval import RetrievalConfig
 from posegpt.storage import StorageConfig
 from posegpt.tracking import TrackingConfig
@@ -101,6 +102,12 @@ class BaselineSection:
     """Side in pixels of the ground-truth crop given to the model in the RPE crop baseline (resized again by its processor)."""
     gt_crop_padding: float = 1.2
     """Crop side as a multiple of the bbox's longer side."""
+    rpe_detected_crop: bool = True
+    """For RPE, also ask the model with the *detected* crop of the described person: the detector finds everyone in the whole image and the detection overlapping the row's box most is cropped, as the service does with ``detect: true``. Needs ``detector.weights``; skipped with a note without them."""
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    """Person detector of the detected-crop baseline (``detector.*`` keys; ``jobs/train_detector.py`` writes a matching ``detector.yaml``)."""
+    detect_min_iou: float = 0.3
+    """A detection counts as the described person when its IoU with the row's box is at least this; rows without one are scored with the mean pose and counted as missed."""
 
 
 @dataclass
@@ -174,6 +181,11 @@ class EvalConfig:
         bad_from = {k: v for k, v in self.baselines.mean_pose_from.items() if v not in EVAL_TASKS}
         if bad_from:
             errors.append(f"baselines.mean_pose_from names unknown tasks {bad_from}")
+        if self.baselines.rpe_detected_crop and self.baselines.detector.weights:
+            try:
+                self.baselines.detector.validate()
+            except ValueError as exc:
+                errors.append(f"baselines.detector: {exc}")
         bad_h36m = sorted(set(self.metrics.h36m_tasks) - set(EVAL_TASKS))
         if bad_h36m:
             errors.append(f"metrics.h36m_tasks {bad_h36m} are not evaluated tasks")

@@ -7,9 +7,12 @@ each actor loads the checkpoint once and answers a batch of queries per call wit
 per actor, not once per task. Only the sample id, the first predicted pose and the
 answer text come back to the driver.
 
-The RPE crop baseline is one more job in that pool: its rows carry the variant
-``gt_crop``, and the actor cuts each image to a square around the row's
-ground-truth box before giving it to the model.
+The RPE crop baselines are more jobs in that pool: rows of the variant
+``gt_crop`` are cut to a square around the row's ground-truth box; rows of the
+variant ``detected_crop`` go through the person detector first (everyone in the
+whole image), and the detection overlapping the row's box most is cropped, as
+the service does for ``detect: true``. A described person the detector misses
+gets no answer (``detected`` false) and is scored with the mean pose.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from posegpt.detect import DetectorConfig
 from posegpt.evaluation.shards import BBOX_KEYS, ShardError, prompt_turns
 from posegpt.evaluation.tracking_links import fetch_model_checkpoint
 from posegpt.skeleton import POSE_DIM
 from posegpt.storage import StorageConfig, arrow_filesystem
 
 READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta")
+AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT = "as_is", "gt_crop", "detected_crop"
+VARIANTS: tuple[str, ...] = (AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT)
 
 
 @dataclass
@@ -36,6 +42,10 @@ class CropSpec:
 
     size: int = 336
     padding: float = 1.2
+    detector: DetectorConfig | None = None
+    """Detector of the ``detected_crop`` variant (its own ``padding`` sets that crop's side)."""
+    detect_min_iou: float = 0.3
+    """Least IoU between a detection and the row's box for it to count as the described person."""
 
 
 @dataclass
@@ -61,6 +71,8 @@ class Prediction:
     pose: np.ndarray | None
     """(72,) the first pose of the answer, None when the answer has no ``<POSE>``."""
     text: str
+    detected: bool = True
+    """``detected_crop`` rows: whether a detection matched the described person (else no answer)."""
 
 
 def load_posegpt(spec: ModelSpec) -> Any:
@@ -107,18 +119,19 @@ def crop_to_box(image: Any, bbox: list[float], spec: CropSpec) -> Any:
 
 @dataclass
 class PredictJob:
-    """Rows of one task to answer, as-is or with the ground-truth crop."""
+    """Rows of one task to answer: as-is, with the ground-truth crop, or with the detected crop."""
 
     task: str
     files: list[str]
     sample_ids: list[str]
-    crop: bool = False
+    variant: str = AS_IS
+    """One of ``VARIANTS``."""
     complete: bool = True
     """The files hold exactly ``sample_ids`` (no filtering needed)."""
 
-    @property
-    def variant(self) -> str:
-        return "gt_crop" if self.crop else "as_is"
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"PredictJob.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
 
 
 class PosePredictor:
@@ -132,6 +145,7 @@ class PosePredictor:
         self.spec = spec
         self.crop = crop
         self.model = load_posegpt(spec)
+        self._detector: Any = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from posegpt.inference import GenerationSettings, Query
@@ -142,15 +156,30 @@ class PosePredictor:
         images = batch.column("image").to_pylist()
         metas = batch.column("meta").to_pylist()
         variants = batch.column("variant").to_pylist()
-        queries = []
-        for sid, conv, img, meta, variant in zip(ids, convs, images, metas, variants, strict=True):
-            image: Any = self._cropped(sid, img, meta) if variant == "gt_crop" else img
+        queries, asked = [], []
+        detected = [True] * len(ids)
+        for i, (sid, conv, img, meta, variant) in enumerate(
+            zip(ids, convs, images, metas, variants, strict=True)
+        ):
+            image: Any = img
+            if variant == GT_CROP_VARIANT:
+                image = crop_to_box(self._decoded(sid, img), self._box(sid, meta), self.crop)
+            elif variant == DETECTED_CROP_VARIANT:
+                image = self._detected_crop(sid, img, meta)
+                if image is None:
+                    detected[i] = False
+                    continue
             queries.append(Query(prompt_turns(conv or [], sid), image))
+            asked.append(i)
         settings = GenerationSettings(
             max_new_tokens=self.spec.max_new_tokens, temperature=0.0, seed=self.spec.seed
         )
-        answers = self.model.batch(queries, settings)
-        poses = [a.poses[0].astype(np.float32).tolist() if len(a.poses) else None for a in answers]
+        answers = self.model.batch(queries, settings) if queries else []
+        poses: list[list[float] | None] = [None] * len(ids)
+        texts = [""] * len(ids)
+        for i, a in zip(asked, answers, strict=True):
+            poses[i] = a.poses[0].astype(np.float32).tolist() if len(a.poses) else None
+            texts[i] = a.text
         elapsed = time.perf_counter() - start
         return pa.table(
             {
@@ -158,24 +187,48 @@ class PosePredictor:
                 "variant": batch.column("variant"),
                 "sample_id": pa.array(ids, pa.string()),
                 "pose": pa.array(poses, pa.list_(pa.float32())),
-                "text": pa.array([a.text for a in answers], pa.string()),
+                "text": pa.array(texts, pa.string()),
+                "detected": pa.array(detected, pa.bool_()),
                 "batch_seconds": pa.array([elapsed] * len(ids), pa.float64()),
                 "batch_rows": pa.array([len(ids)] * len(ids), pa.int64()),
             }
         )
 
-    def _cropped(self, sid: str, img: bytes | None, meta: str | None) -> Any:
+    def _decoded(self, sid: str, img: bytes | None) -> Any:
         from posegpt.model.vision_input import decode_image
 
         if img is None:
-            raise ShardError(f"sample {sid!r}: the crop baseline needs an image, the row has none")
+            raise ShardError(f"sample {sid!r}: the crop baselines need an image, the row has none")
+        return decode_image(img, f"sample {sid}")
+
+    def _box(self, sid: str, meta: str | None) -> list[float]:
         data = json.loads(meta or "{}")
         bbox = next((data[k] for k in BBOX_KEYS if data.get(k) is not None), None)
         if bbox is None:
             raise ShardError(
-                f"sample {sid!r}: meta has no person box ({'/'.join(BBOX_KEYS)}) for the crop baseline"
+                f"sample {sid!r}: meta has no person box ({'/'.join(BBOX_KEYS)}) for the crop baselines"
             )
-        return crop_to_box(decode_image(img, f"sample {sid}"), [float(v) for v in bbox], self.crop)
+        return [float(v) for v in bbox]
+
+    def _detected_crop(self, sid: str, img: bytes | None, meta: str | None) -> Any:
+        """The detected crop of the row's person, or None when no detection overlaps its box enough."""
+        from PIL import Image
+
+        from posegpt.detect import PersonDetector, detect_person_crop
+
+        if self.crop.detector is None:
+            raise ValueError("the detected-crop baseline needs a detector config (baselines.detector)")
+        if self._detector is None:
+            self._detector = PersonDetector(self.crop.detector)
+        image = self._decoded(sid, img)
+        crop = detect_person_crop(
+            np.asarray(image),
+            self._detector,
+            self._box(sid, meta),
+            self.crop.size,
+            min_iou=self.crop.detect_min_iou,
+        )
+        return None if crop is None else Image.fromarray(crop.image)
 
 
 @dataclass
@@ -262,7 +315,9 @@ def predict(
     for row in rows:
         pose = row["pose"]
         out[(row["task"], row["variant"])][str(row["sample_id"])] = Prediction(
-            None if pose is None else np.asarray(pose, dtype=np.float32).reshape(POSE_DIM), str(row["text"])
+            None if pose is None else np.asarray(pose, dtype=np.float32).reshape(POSE_DIM),
+            str(row["text"]),
+            bool(row["detected"]),
         )
         generation += float(row["batch_seconds"]) / int(row["batch_rows"])
     for job in jobs:

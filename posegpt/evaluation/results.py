@@ -1,7 +1,8 @@
 """What an evaluation measured: per task, per method (the model and each baseline).
 
 Methods: ``model`` (the checkpoint's answers), ``mean_pose``, ``nearest_neighbour``
-and, for RPE, ``model_gt_crop`` (the model given the ground-truth crop). Flat
+and, for RPE, ``model_gt_crop`` (the model given the ground-truth crop) and
+``model_detected_crop`` (the model given the detected crop of the described person). Flat
 metric names, as logged to MLflow: ``<task>/<metric>`` for the model,
 ``<task>/<method>/<metric>`` for baselines, ``<task>/by_source/<source>/<metric>``
 and ``<task>/by_type/<type>/<metric>`` for groups, ``text2pose/gt/r_t2p_5`` for the
@@ -22,12 +23,14 @@ MODEL = "model"
 MEAN_POSE = "mean_pose"
 NEAREST = "nearest_neighbour"
 GT_CROP = "model_gt_crop"
+DETECTED_CROP = "model_detected_crop"
 GT = "gt"
 METHOD_TITLES: dict[str, str] = {
     MODEL: "model",
     MEAN_POSE: "mean training pose",
     NEAREST: "nearest neighbour (caption)",
     GT_CROP: "model, ground-truth crop",
+    DETECTED_CROP: "model, detected crop",
     GT: "ground-truth poses (ceiling)",
 }
 

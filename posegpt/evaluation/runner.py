@@ -31,9 +31,18 @@ from posegpt.evaluation.baselines import NearestNeighbour, mean_pose
 from posegpt.evaluation.checkpoint_check import CheckpointInfo, check_checkpoint
 from posegpt.evaluation.config import TEXT_TASKS, EvalConfig
 from posegpt.evaluation.examples import CASES, BodyRenderer, pick_cases, read_images, render_example
-from posegpt.evaluation.predict import CropSpec, ModelSpec, Prediction, PredictJob, predict
+from posegpt.evaluation.predict import (
+    DETECTED_CROP_VARIANT,
+    GT_CROP_VARIANT,
+    CropSpec,
+    ModelSpec,
+    Prediction,
+    PredictJob,
+    predict,
+)
 from posegpt.evaluation.report import write_report
 from posegpt.evaluation.results import (
+    DETECTED_CROP,
     GT_CROP,
     MEAN_POSE,
     MODEL,
@@ -163,15 +172,27 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     ]
     for task, rows in tasks.items():
         result.tasks[task] = TaskResult(task, rows)
-        if task == "rpe" and cfg.baselines.rpe_gt_crop:
-            boxes = rows.bboxes()
-            missing_boxes = sum(b is None for b in boxes)
-            if missing_boxes == 0:
-                jobs.append(PredictJob(task, rows.files, rows.sample_ids, crop=True, complete=rows.complete))
-            else:
-                result.tasks[task].notes.append(
-                    f"ground-truth crop baseline not run: {missing_boxes} of {len(boxes)} rows carry no person box in meta"
+        if task != "rpe" or not (cfg.baselines.rpe_gt_crop or cfg.baselines.rpe_detected_crop):
+            continue
+        boxes = rows.bboxes()
+        missing_boxes = sum(b is None for b in boxes)
+        if missing_boxes:
+            result.tasks[task].notes.append(
+                f"crop baselines not run: {missing_boxes} of {len(boxes)} rows carry no person box in meta"
+            )
+            continue
+        if cfg.baselines.rpe_gt_crop:
+            jobs.append(PredictJob(task, rows.files, rows.sample_ids, GT_CROP_VARIANT, rows.complete))
+        if cfg.baselines.rpe_detected_crop and cfg.baselines.detector.weights:
+            if not Path(cfg.baselines.detector.weights).expanduser().is_file():
+                raise FileNotFoundError(
+                    f"baselines.detector.weights: {cfg.baselines.detector.weights} does not exist"
                 )
+            jobs.append(PredictJob(task, rows.files, rows.sample_ids, DETECTED_CROP_VARIANT, rows.complete))
+        elif cfg.baselines.rpe_detected_crop:
+            result.tasks[task].notes.append(
+                "detected-crop baseline not run: baselines.detector.weights is empty"
+            )
     total = sum(len(j.sample_ids) for j in jobs)
     _log(
         f"answering {total} queries ({', '.join(f'{j.task}/{j.variant}' for j in jobs)}) on {inf.concurrency} Ray actors"
@@ -183,7 +204,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         inf.concurrency,
         inf.num_cpus,
         inf.num_gpus,
-        CropSpec(cfg.baselines.gt_crop_size, cfg.baselines.gt_crop_padding),
+        CropSpec(
+            cfg.baselines.gt_crop_size,
+            cfg.baselines.gt_crop_padding,
+            cfg.baselines.detector if cfg.baselines.detector.weights else None,
+            cfg.baselines.detect_min_iou,
+        ),
         read_cpus=inf.read_cpus,
     )
     result.samples = stats.rows
@@ -191,7 +217,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     result.generation_seconds = stats.generation_seconds
     _log(f"{stats.rows} answers in {stats.seconds:.1f} s ({result.samples_per_second:.2f} samples/s)")
     predictions = {task: answers[(task, "as_is")] for task in tasks}
-    crop_predictions = {task: answers[(task, "gt_crop")] for task in tasks if (task, "gt_crop") in answers}
+    crop_predictions = {
+        (task, method): answers[(task, variant)]
+        for task in tasks
+        for method, variant in ((GT_CROP, GT_CROP_VARIANT), (DETECTED_CROP, DETECTED_CROP_VARIANT))
+        if (task, variant) in answers
+    }
 
     # 4. scores --------------------------------------------------------------------------
     nearest: NearestNeighbour | None = None
@@ -203,7 +234,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             cfg,
             result.tasks[task],
             predictions[task],
-            crop_predictions.get(task),
+            {m: p for (t, m), p in crop_predictions.items() if t == task},
             means[cfg.baselines.mean_pose_from.get(task, task)],
             scorer,
             retrieval,
@@ -233,7 +264,7 @@ def _score_task(
     cfg: EvalConfig,
     tres: TaskResult,
     preds: dict[str, Prediction],
-    crop_preds: dict[str, Prediction] | None,
+    crop_preds: dict[str, dict[str, Prediction]],
     fallback: np.ndarray,
     scorer: PoseScorer,
     retrieval: TextPoseRetrieval | None,
@@ -244,8 +275,14 @@ def _score_task(
     h36m = scorer.h36m is not None and task in cfg.metrics.h36m_tasks
     types = rows.description_types()
     methods: dict[str, tuple[np.ndarray, int]] = {MODEL: _stack(rows, preds, fallback)}
-    if crop_preds is not None:
-        methods[GT_CROP] = _stack(rows, crop_preds, fallback)
+    for method, method_preds in crop_preds.items():
+        methods[method] = _stack(rows, method_preds, fallback)
+        missed = sum(not method_preds[s].detected for s in rows.sample_ids)
+        if method == DETECTED_CROP:
+            tres.notes.append(
+                f"detected crop: {len(rows) - missed} of {len(rows)} described people detected "
+                f"(IoU ≥ {cfg.baselines.detect_min_iou}); the {missed} missed are scored with the mean pose"
+            )
     if cfg.baselines.mean_pose:
         methods[MEAN_POSE] = (np.repeat(fallback[None], len(rows), axis=0), 0)
     if nearest is not None and task in TEXT_TASKS:
