@@ -12,8 +12,6 @@ state of the step that emits it — the state whose next-token prediction is
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,43 +123,11 @@ class Generation:
 def resolve_checkpoint(
     uri: str | Path, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, tracking_uri: str | None = None
 ) -> str:
-    """A local path or ``s3://`` URI for ``uri``; ``models:/name/version`` is fetched from MLflow.
+    """A local path or ``s3://`` URI for ``uri``; a ``models:/`` URI is fetched from MLflow (``posegpt.model_registry``)."""
+    from posegpt.model_registry import fetch_model_checkpoint, is_model_uri
 
-    A registered model version's artifacts hold the checkpoint directory under ``checkpoint/``.
-    """
     text = str(uri)
-    if not text.startswith("models:/"):
-        return text
-    import mlflow
-    import mlflow.artifacts
-
-    ref = text[len("models:/") :].strip("/")
-    name, sep, alias = ref.partition("@")
-    version = ""
-    if not sep:
-        name, _, version = ref.partition("/")
-    if not name or not (alias or version):
-        raise ValueError(f"{text}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    dst = Path(cache_dir) / "mlflow-models" / re.sub(r"[^A-Za-z0-9_.-]+", "_", ref)
-    dst = dst.with_name(f"{dst.name}-{hashlib.sha1(f'{tracking_uri}|{text}'.encode()).hexdigest()[:10]}")
-    try:
-        # The registry is asked directly: MLflow's models:/ download ignores a registry URI
-        # passed to it and reads the process-wide one.
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        if sep:
-            version = client.get_model_version_by_alias(name, alias).version
-        source = client.get_model_version_download_uri(name, version)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri
-        )
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"cannot fetch {text} from MLflow ({tracking_uri or 'default tracking URI'}): {exc}"
-        ) from exc
-    checkpoint = Path(local) / "checkpoint"
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"{text}: the model version's artifacts hold no checkpoint/ folder")
-    return str(checkpoint)
+    return fetch_model_checkpoint(text, tracking_uri, cache_dir) if is_model_uri(text) else text
 
 
 class PoseGPT:

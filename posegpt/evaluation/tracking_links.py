@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from posegpt.model_registry import (
+    checkpoint_subpath,
+    fetch_model_checkpoint,
+    model_version,
+    parse_model_uri,
+    run_id_from_model_uri,
+)
 from posegpt.storage import StorageConfig, exists, is_s3, join, read_bytes
+from posegpt.tracking import JOB_TAG
 
-JOB_TAG = "posegpt.job"
-"""Tag naming the job that logged a run: ``evaluate`` here."""
 EVAL_JOB = "evaluate"
 TRAIN_RUN_TAG = "posegpt.train_run_id"
 """Tag holding the run id of the training run an evaluation belongs to."""
@@ -33,36 +36,15 @@ TRAIN_STATE_FILE = "train_state.json"
 RUN_ID_FILE = "mlflow_run_id"
 """File of a training run folder (the checkpoint's parent) holding the run id (posegpt/training/mlflow_logging.py)."""
 
-
-def parse_model_uri(uri: str) -> tuple[str, str] | None:
-    """``models:/name/version`` → ``(name, version)``; None for other URIs."""
-    if not uri.startswith("models:/"):
-        return None
-    rest = uri[len("models:/") :].strip("/")
-    name, _, version = rest.rpartition("/")
-    if not name or not version:
-        raise ValueError(f"model URI {uri!r} must look like models:/<name>/<version or alias>")
-    return name, version
-
-
-def _model_version(uri: str, tracking_uri: str) -> tuple[Any, Any]:
-    """(an ``MlflowClient`` on the store, the ``ModelVersion`` that ``uri`` names)."""
-    from mlflow.tracking import MlflowClient
-
-    parsed = parse_model_uri(uri)
-    if parsed is None:
-        raise ValueError(f"{uri} is not a models:/ URI")
-    name, version = parsed
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if version.isdigit():
-        return client, client.get_model_version(name, version)
-    return client, client.get_model_version_by_alias(name, version)
-
-
-def run_id_from_model_uri(uri: str, tracking_uri: str) -> str | None:
-    """The run that produced a registered model version (``models:/name/3`` or ``models:/name/<alias>``)."""
-    _, mv = _model_version(uri, tracking_uri)
-    return mv.run_id or None
+__all__ = [
+    "JOB_TAG",
+    "checkpoint_for_workers",
+    "checkpoint_subpath",
+    "fetch_model_checkpoint",
+    "parse_model_uri",
+    "run_id_from_checkpoint",
+    "run_id_from_model_uri",
+]
 
 
 def checkpoint_for_workers(uri: str, tracking_uri: str | None, storage: StorageConfig | None = None) -> str:
@@ -77,55 +59,13 @@ def checkpoint_for_workers(uri: str, tracking_uri: str | None, storage: StorageC
     """
     if parse_model_uri(uri) is None or not tracking_uri:
         return uri
-    client, mv = _model_version(uri, tracking_uri)
+    client, mv = model_version(uri, tracking_uri)
     source = client.get_model_version_download_uri(mv.name, mv.version)
     if source.startswith("file://"):
         source = source[len("file://") :]
     if not is_s3(source) and ("://" in source or ":/" in source):
         return uri
     return join(source, checkpoint_subpath(source, storage))
-
-
-def fetch_model_checkpoint(uri: str, tracking_uri: str | None, cache_dir: str | Path) -> str:
-    """Download a ``models:/`` version's artifacts into ``cache_dir`` and return its checkpoint folder."""
-    import hashlib
-
-    import mlflow.artifacts
-
-    digest = hashlib.sha1(f"{tracking_uri}|{uri}".encode()).hexdigest()[:10]
-    dst = Path(cache_dir) / "mlflow-models" / f"eval-{digest}"
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
-        )
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"cannot fetch {uri} from MLflow ({tracking_uri or 'default tracking URI'}): {exc}"
-        ) from exc
-    folder = Path(local) / checkpoint_subpath(local)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{uri}: the model version's artifacts hold no checkpoint folder ({folder.name})"
-        )
-    return str(folder)
-
-
-def checkpoint_subpath(model_dir: str, storage: StorageConfig | None = None) -> str:
-    """The checkpoint folder inside a logged model: the pyfunc's ``checkpoint`` artifact, else ``checkpoint``.
-
-    ``mlflow.pyfunc.log_model(artifacts={"checkpoint": dir})`` stores the folder as
-    ``artifacts/<basename of dir>`` and records that path in ``MLmodel``.
-    """
-    mlmodel = join(model_dir, "MLmodel")
-    if exists(mlmodel, storage):
-        data = yaml.safe_load(read_bytes(mlmodel, storage)) or {}
-        artifacts = ((data.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
-        entry = artifacts.get("checkpoint")
-        path = entry.get("path") if isinstance(entry, dict) else None
-        if isinstance(path, str) and path:
-            return path
-    return "checkpoint"
 
 
 def run_id_from_checkpoint(location: str, storage: StorageConfig | None = None) -> str | None:

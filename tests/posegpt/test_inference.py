@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
@@ -137,10 +139,15 @@ def test_bad_inputs_are_named(posegpt: PoseGPT) -> None:
         posegpt.chat("hi", max_new_tokens=0)
 
 
+class _Passthrough(mlflow.pyfunc.PythonModel):
+    """Stands in for training's pose-query pyfunc (only its artifacts matter here)."""
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        return model_input
+
+
 @pytest.mark.slow
 def test_load_from_mlflow_model_uri(posing_checkpoint_dir, mlflow_server: str, tmp_path) -> None:
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment = client.create_experiment("inference-test")
     run = client.create_run(experiment)
@@ -154,6 +161,24 @@ def test_load_from_mlflow_model_uri(posing_checkpoint_dir, mlflow_server: str, t
     for uri in (
         f"models:/posegpt-inference-test/{version.version}",
         "models:/posegpt-inference-test@champion",
+    ):
+        model = PoseGPT.from_checkpoint(uri, tracking_uri=mlflow_server, cache_dir=tmp_path)
+        assert model.chat(POSING_SAMPLES[0]["prompt"]).text == POSING_SAMPLES[0]["answer"]
+    # As training registers it (posegpt/training/mlflow_logging.py): a pyfunc whose "checkpoint"
+    # artifact is the checkpoint folder, stored under artifacts/<folder name>.
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("inference-test")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=_Passthrough(),
+            artifacts={"checkpoint": str(posing_checkpoint_dir)},
+            pip_requirements=[],
+            registered_model_name="posegpt-inference-pyfunc",
+        )
+    for uri in (
+        f"models:/posegpt-inference-pyfunc/{info.registered_model_version}",
+        "models:/posegpt-inference-pyfunc/latest",
     ):
         model = PoseGPT.from_checkpoint(uri, tracking_uri=mlflow_server, cache_dir=tmp_path)
         assert model.chat(POSING_SAMPLES[0]["prompt"]).text == POSING_SAMPLES[0]["answer"]

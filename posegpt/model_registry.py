@@ -1,0 +1,110 @@
+"""PoseGPT checkpoints registered in MLflow's model registry: ``models:/`` URIs to checkpoint folders.
+
+Training registers a pyfunc whose ``checkpoint`` artifact is the checkpoint folder
+(``mlflow.pyfunc.log_model(artifacts={"checkpoint": dir})``, stored as
+``artifacts/<basename of dir>`` and named in ``MLmodel``). Every reader of a model
+URI (evaluation, serving, chat, export) goes through this module, so they accept
+the same forms: ``models:/<name>/<version>``, ``models:/<name>/latest``,
+``models:/<name>/<alias>`` and ``models:/<name>@<alias>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posegpt.storage import StorageConfig, exists, join, read_bytes
+
+PREFIX = "models:/"
+
+
+def is_model_uri(uri: str | Path) -> bool:
+    return str(uri).startswith(PREFIX)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str] | None:
+    """``models:/name/version`` or ``models:/name@alias`` → ``(name, version or alias)``; None for other URIs."""
+    if not is_model_uri(uri):
+        return None
+    rest = uri[len(PREFIX) :].strip("/")
+    if "@" in rest and "/" not in rest.split("@", 1)[1]:
+        name, _, ref = rest.partition("@")
+    else:
+        name, _, ref = rest.rpartition("/")
+    if not name or not ref:
+        raise ValueError(
+            f"model URI {uri!r} must look like models:/<name>/<version>, models:/<name>/latest or models:/<name>@<alias>"
+        )
+    return name, ref
+
+
+def model_version(uri: str, tracking_uri: str | None) -> tuple[Any, Any]:
+    """(an ``MlflowClient`` on the store, the ``ModelVersion`` that ``uri`` names)."""
+    from mlflow.tracking import MlflowClient
+
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        raise ValueError(f"{uri} is not a models:/ URI")
+    name, ref = parsed
+    # The registry is asked directly: MLflow's models:/ download ignores a registry URI passed to
+    # it and reads the process-wide one.
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if ref.isdigit():
+        return client, client.get_model_version(name, ref)
+    if ref == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ValueError(f"{uri}: registered model {name!r} has no versions")
+        return client, max(versions, key=lambda v: int(v.version))
+    return client, client.get_model_version_by_alias(name, ref)
+
+
+def run_id_from_model_uri(uri: str, tracking_uri: str | None) -> str | None:
+    """The run that produced a registered model version."""
+    _, mv = model_version(uri, tracking_uri)
+    return mv.run_id or None
+
+
+def checkpoint_subpath(model_dir: str, storage: StorageConfig | None = None) -> str:
+    """The checkpoint folder inside a logged model: the pyfunc's ``checkpoint`` artifact, else ``checkpoint``."""
+    mlmodel = join(model_dir, "MLmodel")
+    if exists(mlmodel, storage):
+        data = yaml.safe_load(read_bytes(mlmodel, storage)) or {}
+        artifacts = ((data.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        entry = artifacts.get("checkpoint")
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, str) and path:
+            return path
+    return "checkpoint"
+
+
+def fetch_model_checkpoint(uri: str, tracking_uri: str | None, cache_dir: str | Path) -> str:
+    """Download a ``models:/`` version's artifacts into ``cache_dir`` and return its checkpoint folder.
+
+    FileNotFoundError naming the URI and the store when the version or its checkpoint is missing.
+    """
+    import mlflow.artifacts
+
+    try:
+        client, mv = model_version(uri, tracking_uri)
+        source = client.get_model_version_download_uri(mv.name, mv.version)
+        # Keyed by the resolved version: "latest" or an alias that moves fetches the new one.
+        digest = hashlib.sha1(f"{tracking_uri}|{mv.name}|{mv.version}".encode()).hexdigest()[:10]
+        dst = Path(cache_dir) / "mlflow-models" / f"{mv.name}-{mv.version}-{digest}"
+        dst.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"cannot fetch {uri} from MLflow ({tracking_uri or 'default tracking URI'}): {exc}"
+        ) from exc
+    folder = Path(local) / checkpoint_subpath(local)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{uri}: the model version's artifacts hold no checkpoint folder ({folder.name})"
+        )
+    return str(folder)
