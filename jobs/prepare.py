@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with tracking.run(
-            cfg.tracking, tracking_dir(cfg.out), run_name="prepare", tags={"job": "prepare"}
+            cfg.tracking, tracking_dir(cfg.out), run_name="prepare", tags={tracking.JOB_TAG: "prepare"}
         ) as active:
             if active is not None:
                 tracking.log_config(cfg)

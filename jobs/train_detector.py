@@ -97,7 +97,9 @@ def run(
         **metrics,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    with tracking.run(cfg.tracking, out, run_name="train_detector", tags={"job": "train_detector"}) as active:
+    with tracking.run(
+        cfg.tracking, out, run_name="train_detector", tags={tracking.JOB_TAG: "train_detector"}
+    ) as active:
         if active is not None:
             import mlflow
 

@@ -18,6 +18,8 @@ from typing import Any
 from posegpt.config import flatten
 from posegpt.storage import is_s3
 
+JOB_TAG = "posegpt.job"
+"""Tag naming the job that logged a run (prepare, train, evaluate, train_detector); compare filters on it."""
 MLFLOW_PARAM_LIMIT = 6000
 """Longest parameter value MLflow stores; longer ones are cut with a marker."""
 
@@ -50,12 +52,33 @@ def resolve_tracking_uri(cfg: TrackingConfig, default_dir: str | Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifact root for a new experiment: ``mlartifacts/`` beside a sqlite store; None (the server's) otherwise.
+
+    MLflow's default for a sqlite store is ``./mlruns`` in whatever folder the job
+    started in; beside the database, a store and its artifacts move together.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    return (Path(tracking_uri[len(prefix) :]).expanduser().resolve().parent / "mlartifacts").as_uri()
+
+
 def configure(cfg: TrackingConfig, default_dir: str | Path) -> str:
-    """Point MLflow at the tracking store and experiment; returns the URI."""
+    """Point MLflow at the tracking store and experiment (created if missing); returns the URI."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(cfg, default_dir)
     mlflow.set_tracking_uri(uri)
+    location = artifact_location(uri)
+    if location is not None:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if client.get_experiment_by_name(cfg.experiment) is None:
+            try:
+                client.create_experiment(cfg.experiment, artifact_location=location)
+            except MlflowException:  # another job of the same store created it meanwhile
+                pass
     mlflow.set_experiment(cfg.experiment)
     return uri
 

@@ -113,7 +113,7 @@ class RunLogger:
             mlflow.log_dict(to_dict(self.cfg), f"config/train-config-start{resumes}.json")
         else:
             active = mlflow.start_run(
-                run_name=self.cfg.run_name, tags={"posegpt.job": "train", "posegpt.run_dir": self.run_dir}
+                run_name=self.cfg.run_name, tags={tracking.JOB_TAG: "train", "posegpt.run_dir": self.run_dir}
             )
             run_id = active.info.run_id
             tracking.log_config(self.cfg)
