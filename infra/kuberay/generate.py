@@ -32,7 +32,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "prepare": {
         "script": "jobs/prepare.py",
         "config": "configs/prepare/real.yaml",
-        "overrides": ("out=$POSEGPT_SHARDS",),
+        "overrides": ("raw_root=$POSEGPT_DATA", "out=$POSEGPT_SHARDS"),
         "gpu_workers": 0,
     },
     "train": {
@@ -45,7 +45,8 @@ JOBS: dict[str, dict[str, Any]] = {
         "script": "jobs/evaluate.py",
         "config": "configs/eval/paper.yaml",
         "overrides": ("data.shard_root=$POSEGPT_SHARDS", "checkpoint=models:/posegpt/latest"),
-        "gpu_workers": 1,
+        # One model actor per GPU: configs/eval/paper.yaml runs inference.concurrency=8 actors of 1 GPU.
+        "gpu_workers": 8,
     },
 }
 """Per job: entry point, preset, job-specific overrides and how many A100 workers its cluster starts with."""
@@ -57,14 +58,25 @@ def entrypoint(job: dict[str, Any]) -> str:
     return "python " + " ".join(args)
 
 
-def cluster_spec(gpu_workers: int) -> dict[str, Any]:
+def cluster_spec(gpu_workers: int, max_gpu_workers: int | None = None) -> dict[str, Any]:
+    """``raycluster.yaml``'s spec starting ``gpu_workers`` A100 workers, autoscaling up to ``max_gpu_workers``."""
     cluster = yaml.safe_load((HERE / "raycluster.yaml").read_text())
     spec = copy.deepcopy(cluster["spec"])
     for group in spec["workerGroupSpecs"]:
         group["replicas"] = gpu_workers
         group["minReplicas"] = 0 if gpu_workers == 0 else gpu_workers
-        group["maxReplicas"] = max(gpu_workers, 1)
+        group["maxReplicas"] = max(gpu_workers, 1, max_gpu_workers or 0)
     return spec
+
+
+def serve_max_replicas(serve_config: dict[str, Any]) -> int:
+    """The most model replicas ``serve/config.yaml`` autoscales to (one GPU worker each)."""
+    most = 1
+    for app in serve_config.get("applications", []):
+        for deployment in app.get("deployments", []):
+            scaling = deployment.get("autoscaling_config") or {}
+            most = max(most, int(scaling.get("max_replicas", deployment.get("num_replicas", 1)) or 1))
+    return most
 
 
 def rayjob(name: str, job: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +106,8 @@ def rayservice() -> dict[str, Any]:
         "metadata": {"name": "posegpt-serve", "labels": {"app.kubernetes.io/name": "posegpt-ray"}},
         "spec": {
             "serveConfigV2": serve_config,
-            "rayClusterConfig": cluster_spec(1),
+            # GPU workers follow the model deployment's autoscaling (Ray's autoscaler adds pods).
+            "rayClusterConfig": cluster_spec(1, serve_max_replicas(yaml.safe_load(serve_config))),
         },
     }
 
