@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 from posegpt.config import field_docs  # noqa: E402
 
 JOB_CONFIGS: tuple[tuple[str, str, str], ...] = (
+    ("jobs/demo.py", "jobs.demo", "DemoConfig"),
     ("jobs/synth.py", "pipelines.synthetic.config", "SynthConfig"),
     ("jobs/prepare.py", "pipelines.prepare_config", "PrepareConfig"),
     ("jobs/train.py", "posegpt.training.config", "TrainConfig"),
@@ -93,7 +94,7 @@ def render() -> str:
         "dataclasses' field docstrings; do not edit by hand (a test fails when this file is stale).",
         "",
         "Every job takes `--config <preset.yaml>` plus `key=value` overrides; nested keys use dots",
-        "(`optim.lr=1e-4`). A YAML mapping may name `_base_: other.yaml` to start from another preset.",
+        "(`optimizer.lr=1e-4`). A YAML mapping may name `_base_: other.yaml` to start from another preset.",
         "",
     ]
     for entry, cls in job_config_classes():
