@@ -163,7 +163,7 @@ def _tiny_checkpoint() -> Path:
     cfg = load_config(
         PoseGPTModelConfig,
         REPO / "configs" / "model" / "tiny.yaml",
-        [f"base_model={DEFAULT_CACHE_DIR / 'models' / 'tiny-llava'}"],
+        [f"base_model={DEFAULT_CACHE_DIR / 'models' / 'tiny-llava'}", "pose_head_init=identity"],
     )
     torch.manual_seed(0)
     return save_checkpoint(build_model(cfg), out)

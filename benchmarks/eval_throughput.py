@@ -41,7 +41,9 @@ def _tiny_checkpoint(out: Path) -> Path:
     from posegpt.model.config import PoseGPTModelConfig
     from posegpt.model.posegpt_model import build_model
 
-    cfg = load_config(PoseGPTModelConfig, REPO / "configs" / "model" / "tiny.yaml")
+    cfg = load_config(
+        PoseGPTModelConfig, REPO / "configs" / "model" / "tiny.yaml", ["pose_head_init=identity"]
+    )
     cfg.base_model = (
         str((REPO / cfg.base_model).resolve()) if not Path(cfg.base_model).is_absolute() else cfg.base_model
     )

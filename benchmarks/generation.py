@@ -85,7 +85,7 @@ def build_posing_checkpoint(folder: Path, steps: int) -> Path:
     cfg = load_config(
         PoseGPTModelConfig,
         REPO / "configs/model/tiny.yaml",
-        [f"base_model={base}", "build_tiny_if_missing=false"],
+        [f"base_model={base}", "build_tiny_if_missing=false", "pose_head_init=identity"],
     )
     torch.manual_seed(0)
     model = build_model(cfg)

@@ -216,7 +216,7 @@ def ensure_tiny_checkpoint(cache_dir: Path) -> Path:
     cfg = load_config(
         PoseGPTModelConfig,
         REPO / "configs" / "model" / "tiny.yaml",
-        [f"base_model={cache_dir / 'models' / 'tiny-llava'}"],
+        [f"base_model={cache_dir / 'models' / 'tiny-llava'}", "pose_head_init=identity"],
     )
     save_checkpoint(build_model(cfg, cache_dir=cache_dir), out)
     return out

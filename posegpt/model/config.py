@@ -97,7 +97,7 @@ class PoseGPTModelConfig:
     pose_head_init: Literal["identity", "mean"] = "identity"
     """Bias of the pose head's last layer: the 6D of the identity rotation per joint, or of ``pose_head_mean_pose``."""
     pose_head_mean_pose: list[float] | None = None
-    """72 axis-angle values (e.g. the training mean pose) used when ``pose_head_init`` is ``mean``."""
+    """72 axis-angle values used when ``pose_head_init`` is ``mean``; empty: ``jobs/train.py`` computes the training mean pose from the shards."""
     pose_head_init_std: float = 1e-3
     """Standard deviation of the pose head's last-layer weights at initialisation (small, so every joint starts near its bias)."""
 
@@ -114,11 +114,12 @@ class PoseGPTModelConfig:
             raise ValueError(f"loss weights must be >= 0, got {self.lambda_text}, {self.lambda_pose}")
         if self.max_length < 8:
             raise ValueError(f"model.max_length must be at least 8 tokens, got {self.max_length}")
-        if self.pose_head_init == "mean":
-            if self.pose_head_mean_pose is None or len(self.pose_head_mean_pose) != 72:
-                raise ValueError(
-                    "model.pose_head_init 'mean' needs model.pose_head_mean_pose with 72 axis-angle values"
-                )
+        # pose_head_init=mean without a mean pose is valid here: jobs/train.py fills it from the shards,
+        # and building a head without one fails naming both settings.
+        if self.pose_head_mean_pose is not None and len(self.pose_head_mean_pose) != 72:
+            raise ValueError(
+                f"model.pose_head_mean_pose must hold 72 axis-angle values, got {len(self.pose_head_mean_pose)}"
+            )
         if self.tiny.image_size % self.tiny.patch_size:
             raise ValueError(
                 f"model.tiny.image_size {self.tiny.image_size} is not a multiple of patch_size {self.tiny.patch_size}"

@@ -50,7 +50,10 @@ class PoseHead(nn.Module):
             bias = identity_rot6d()
         elif init == "mean":
             if mean_pose is None or len(mean_pose) != POSE_DIM:
-                raise ValueError(f"pose head init 'mean' needs a mean pose of {POSE_DIM} axis-angle values")
+                raise ValueError(
+                    f"model.pose_head_init=mean needs model.pose_head_mean_pose ({POSE_DIM} axis-angle values; "
+                    "jobs/train.py fills it from the training shards) or model.pose_head_init=identity"
+                )
             aa = torch.as_tensor(list(mean_pose), dtype=torch.float64).view(NUM_JOINTS, 3)
             if not torch.isfinite(aa).all():
                 raise ValueError("the mean pose for the pose head holds NaN or inf")

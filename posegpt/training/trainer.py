@@ -117,6 +117,43 @@ def preflight(cfg: TrainConfig) -> dict[str, Any]:
     return manifest
 
 
+POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose")
+"""Tasks whose training poses give the pose head's initial mean pose (one frame convention for both)."""
+
+
+def with_mean_pose_head(cfg: TrainConfig) -> TrainConfig:
+    """``model.pose_head_mean_pose`` filled with the chordal mean of the training poses when the head starts from the mean.
+
+    Under DESIGN.md's frames an upright person's root is about Rx(180°), the antipode of the
+    identity: a head that starts at the identity has its root exactly where Gram–Schmidt + L1
+    give it no gradient. Starting every joint at the data's mean avoids that basin.
+    """
+    model = cfg.model
+    if model.pose_head_init != "mean" or model.pose_head_mean_pose is not None:
+        return cfg
+    from posegpt.training.shards import first_poses, read_rows
+    from posegpt.training.validation import training_mean_pose
+
+    tasks = [t for t in POSE_TASKS if t in cfg.active_tasks()]
+    per_task = max(1, cfg.validation.mean_pose_rows // max(1, len(tasks)))
+    rows = [
+        row
+        for task in tasks
+        for row in read_rows(
+            cfg.data.shard_root, task, cfg.data.train_split, per_task, cfg.storage, columns=["poses"]
+        )
+    ]
+    poses = first_poses(rows)
+    if len(poses) == 0:
+        raise PreflightError(
+            f"model.pose_head_init=mean needs training poses, but {tasks} of {cfg.data.shard_root} hold none; "
+            "set model.pose_head_mean_pose or model.pose_head_init=identity"
+        )
+    mean = [round(float(v), 6) for v in training_mean_pose(poses)]
+    log.info("pose head starts at the mean of %d training poses (root %s)", len(poses), mean[:3])
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, pose_head_mean_pose=mean))
+
+
 def check_cluster(cfg: TrainConfig) -> None:
     """Ray Data needs CPUs the training workers leave free, or reading never starts."""
     import ray
@@ -201,6 +238,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if not ray.is_initialized():
         ray.init()
     check_cluster(cfg)
+    cfg = with_mean_pose_head(cfg)
     marker = join(run_dir(cfg), STOP_MARKER)
     _remove(marker, cfg)
     trainer = build_trainer(cfg, manifest)

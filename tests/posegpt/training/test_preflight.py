@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -179,3 +180,62 @@ def undocumented(cls: type, prefix: str = "") -> list[str]:
 
 def test_every_train_config_field_is_documented():
     assert undocumented(TrainConfig) == []
+
+
+def _pose_shards(root: Path, poses: dict[str, np.ndarray]) -> Path:
+    from posegpt.schema import SCHEMA_VERSION
+
+    for task, array in poses.items():
+        folder = root / task / "train"
+        folder.mkdir(parents=True)
+        rows = [[list(map(float, p))] for p in array]
+        table = pa.table(
+            {
+                "sample_id": [f"t:{task}:{i}" for i in range(len(array))],
+                "poses": pa.array(rows, pa.list_(pa.list_(pa.float32(), 72))),
+            }
+        )
+        pq.write_table(table, folder / "part-0.parquet")
+    (root / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
+    return root
+
+
+def test_mean_pose_head_starts_at_the_training_mean(tmp_path):
+    from scipy.spatial.transform import Rotation
+
+    from posegpt.training.trainer import with_mean_pose_head
+
+    rng = np.random.default_rng(0)
+
+    # Upright people in DESIGN.md's frames: roots near Rx(180°), the antipode of the identity.
+    def poses(n: int) -> np.ndarray:
+        out = rng.normal(0, 0.2, (n, 72)).astype(np.float32)
+        out[:, :3] = (
+            Rotation.from_euler("x", 180, degrees=True) * Rotation.from_rotvec(out[:, :3] * 0.3)
+        ).as_rotvec()
+        return out
+
+    data = {"image2pose": poses(30), "text2pose": poses(20)}
+    root = _pose_shards(tmp_path / "shards", data)
+    cfg = with_mean_pose_head(config(tmp_path, root, "model.pose_head_init=mean"))
+    mean = np.asarray(cfg.model.pose_head_mean_pose).reshape(24, 3)
+    # Independently: scipy's rotation mean per joint over both tasks' poses.
+    every = np.concatenate(list(data.values())).reshape(-1, 24, 3)
+    for j in (0, 5, 17):
+        expected = Rotation.from_rotvec(every[:, j].astype(np.float64)).mean()
+        got = Rotation.from_rotvec(mean[j])
+        assert (got.inv() * expected).magnitude() < 1e-3, j
+    assert Rotation.from_rotvec(mean[0]).magnitude() > np.deg2rad(150)  # the root, not the identity
+    # An explicit mean pose or the identity init is left as configured.
+    assert (
+        with_mean_pose_head(config(tmp_path, root, "model.pose_head_init=identity")).model.pose_head_mean_pose
+        is None
+    )
+
+
+def test_mean_pose_head_without_poses_names_the_setting(tmp_path):
+    from posegpt.training.trainer import with_mean_pose_head
+
+    root = _pose_shards(tmp_path / "shards", {"image2pose": np.zeros((0, 72), np.float32)})
+    with pytest.raises(PreflightError, match="pose_head_init=mean needs training poses"):
+        with_mean_pose_head(config(tmp_path, root, "model.pose_head_init=mean"))
