@@ -218,7 +218,7 @@ def test_resume_survives_a_killed_worker_and_continues_the_step_count(
     assert (restarted["attempt"], restarted["step"]) == (3, RESUMED_STEPS)
 
     # No source restarted from its beginning: each rank's position is every step's worth of rows.
-    counts = {"image2pose": 4, "text2pose": 2, "vqa": 2}
+    counts = cfg.task_counts()  # rows of each task per worker per step, from the preset's ratio
     for rank in (0, 1):
         positions = json.loads((local / "data_state" / f"rank{rank}.json").read_text())
         for task, per_step in counts.items():
