@@ -178,12 +178,14 @@ def _storage_args(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: TrainConfig, manifest: dict[str, Any]) -> Any:
-    """The ``TorchTrainer`` for a resolved, checked config."""
+    """The ``TorchTrainer`` for a resolved, checked config (the pose head's mean pose filled in here)."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from posegpt.training.loop import WorkerPayload, train_loop_per_worker
+
+    cfg = with_mean_pose_head(cfg)
 
     payload = WorkerPayload(config=to_dict(cfg), manifest=manifest, run_dir=run_dir(cfg))
     run_config = ray.train.RunConfig(
@@ -238,7 +240,6 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     if not ray.is_initialized():
         ray.init()
     check_cluster(cfg)
-    cfg = with_mean_pose_head(cfg)
     marker = join(run_dir(cfg), STOP_MARKER)
     _remove(marker, cfg)
     trainer = build_trainer(cfg, manifest)

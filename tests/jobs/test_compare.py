@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs import compare as compare_job
+from posegpt import tracking
 from posegpt.evaluation.compare import CompareConfig, compare_runs
 from posegpt.evaluation.tracking_links import EVAL_JOB, JOB_TAG, TRAIN_RUN_TAG
 from posegpt.tracking import TrackingConfig
@@ -20,8 +21,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]
 
     folder = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("exp-a")
+    tracking.configure(TrackingConfig(tracking_uri=uri, experiment="exp-a"), folder)
     ids: dict[str, str] = {}
     runs = {
         "small-lr": (1e-4, 64, 0.9, 300.0),
@@ -45,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]
     with mlflow.start_run(run_name="orphan-eval", tags={JOB_TAG: EVAL_JOB, TRAIN_RUN_TAG: "f" * 32}) as run:
         mlflow.log_metrics({"text2pose/pa_mpjpe": 250.0})
         ids["orphan"] = run.info.run_id
-    mlflow.set_experiment("exp-b")
+    tracking.configure(TrackingConfig(tracking_uri=uri, experiment="exp-b"), folder)
     with mlflow.start_run(run_name="other"):
         mlflow.log_metric("loss", 0.1)
     return uri, ids

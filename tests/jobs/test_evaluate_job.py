@@ -14,8 +14,10 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from jobs import evaluate as evaluate_job
+from posegpt import tracking
 from posegpt.body import default_body_model
 from posegpt.evaluation.shards import read_task_rows
+from posegpt.tracking import TrackingConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,8 +63,8 @@ def evaluated(
     out = tmp_path_factory.mktemp("eval-out")
     db = out / "mlflow.db"
     # A "training run" in the same store: the evaluation must become its child.
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    mlflow.set_experiment("posegpt")
+    # Created the way the jobs create it, so its artifacts stay beside the database.
+    tracking.configure(TrackingConfig(tracking_uri=f"sqlite:///{db}", experiment="posegpt"), out)
     with mlflow.start_run(run_name="train", tags={"posegpt.job": "train"}) as train_run:
         mlflow.log_param("model.lora_r", 64)
         # As training registers it: a pyfunc whose "checkpoint" artifact is the checkpoint folder.
@@ -255,11 +257,15 @@ def test_real_training_run(
     from mlflow.tracking import MlflowClient
 
     from posegpt.evaluation.tracking_links import checkpoint_for_workers, fetch_model_checkpoint
+    from posegpt.training.trainer import latest_checkpoint
 
     run = tiny_training_run
+    # The run's latest checkpoint now: the resume test may have continued the run and retired the
+    # checkpoint the fixture saw (keep_last), depending on test order.
+    checkpoint = latest_checkpoint(run.config)
     args = [
         "--config", str(REPO / "configs" / "eval" / "tiny.yaml"),
-        f"checkpoint={run.checkpoint_uri}",
+        f"checkpoint={checkpoint}",
         f"storage.endpoint_url={s3_endpoint}",
         f"output_dir={tmp_path}",
         f"data.shard_root={prepared_shards}",
