@@ -179,11 +179,16 @@ def _checkpoint(cfg: DemoConfig, paths: Paths, train_args: list[str]) -> str:
     return ckpt
 
 
-def _detector_overrides(paths: Paths, prefix: str) -> list[str]:
-    """``<prefix><key>=<value>`` for the settings the detector job wrote (weights, image size, padding)."""
+def _detector_settings(paths: Paths) -> dict[str, Any]:
+    """The ``DetectorConfig`` that ``jobs/train_detector.py`` wrote for its weights."""
     import yaml
 
-    detector = yaml.safe_load((paths.detector / "detector.yaml").read_text())
+    return yaml.safe_load((paths.detector / "detector.yaml").read_text())
+
+
+def _detector_overrides(paths: Paths, prefix: str) -> list[str]:
+    """``<prefix><key>=<value>`` for the settings the detector job wrote (weights, image size, padding)."""
+    detector = _detector_settings(paths)
     return [
         f"{prefix}{k}={detector[k]}"
         for k in ("weights", "image_size", "padding", "min_score")
@@ -333,13 +338,12 @@ def _scene_image(paths: Paths) -> tuple[Path, int]:
 def serve_and_query(cfg: DemoConfig, paths: Paths, checkpoint: str) -> dict[str, Any]:
     """Deploy ``serve/config.yaml`` on the demo's checkpoint (CPU, one replica), send pose queries, shut down."""
     import httpx
-    import yaml
     from ray import serve
 
     from serve.deploy import deploy, load_deploy_config
 
     _log("7/7 service: deploying serve/config.yaml on the demo checkpoint")
-    detector = yaml.safe_load((paths.detector / "detector.yaml").read_text())
+    detector = _detector_settings(paths)
     port = cfg.serve_port
     if port == 0:
         import socket
