@@ -218,8 +218,21 @@ class TextPoseRetrieval:
         return torch.cat(out).numpy()
 
     def similarity(self, captions: Sequence[str], poses: np.ndarray | Tensor) -> np.ndarray:
-        """(len(captions), len(poses)) cosine similarities."""
-        return self.embed_texts(captions) @ self.embed_poses(poses).T
+        """(len(captions), len(poses)) cosine similarities.
+
+        Equal inputs get bit-identical rows and columns: each distinct caption and pose is
+        embedded and scored once, then gathered. Scored in place, a row's value can depend on
+        where it falls in a batched matrix product (kernel tiling differs by position and by
+        CPU), and an exact tie, such as a baseline that answers every text with one pose,
+        would become an arbitrary ranking.
+        """
+        p = _check_poses(poses, "poses").numpy()
+        unique_poses, pose_index = np.unique(p, axis=0, return_inverse=True)
+        unique_captions, caption_index = np.unique(
+            np.asarray(list(captions), dtype=object), return_inverse=True
+        )
+        sim = self.embed_texts(list(unique_captions)) @ self.embed_poses(unique_poses).T
+        return sim[np.ix_(caption_index.reshape(-1), pose_index.reshape(-1))]
 
     def recalls(
         self, captions: Sequence[str], poses: np.ndarray | Tensor, ks: Sequence[int] = RECALL_KS

@@ -7,7 +7,8 @@ Layout of ``<report_dir>``::
     metrics.csv          task, method, group, metric, value (long format)
     baselines.csv        one row per task and method, metrics side by side
     retrieval.csv        recalls of every method and the ceiling, with chance
-    predictions/<task>.csv  per-sample ids, errors and the model's answer text
+    predictions/<task>.csv  per-sample ids, errors, and the model's pose (``model/pose``: 72
+                         axis-angle values, space-separated, exact float32 round trip)
     examples/<task>_<case>.png  best / median / worst rendered examples
 """
 
@@ -135,6 +136,10 @@ def write_report(
             for method, mr in tr.methods.items():
                 for name, v in mr.scores.values.items():
                     row[f"{method}/{name}"] = float(v[i])
+            model = tr.methods.get(MODEL)
+            if model is not None and model.poses is not None:
+                # repr of each float32 as a double reads back bit-exactly: the poses behind every metric.
+                row[f"{MODEL}/pose"] = " ".join(repr(float(v)) for v in model.poses[i])
             rows.append(row)
         _write_csv(pred_dir / f"{task}.csv", rows)
     md = report_dir / "report.md"

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from posegpt.evaluation.scoring import SampleScores
 from posegpt.evaluation.shards import TaskRows
 from posegpt.retrieval import RetrievalRecalls
@@ -50,6 +52,8 @@ class MethodResult:
     """Answers without a ``<POSE>`` (scored with the fallback pose)."""
     recalls: RetrievalRecalls | None = None
     """R^T2P / R^P2T with this method's poses in place of the ground truth (text2pose)."""
+    poses: np.ndarray | None = None
+    """(N, 72) the poses scored, in row order (fallback poses included), for the per-sample report."""
     by_source: dict[str, dict[str, float]] = field(default_factory=dict)
     by_type: dict[str, dict[str, float]] = field(default_factory=dict)
 

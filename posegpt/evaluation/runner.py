@@ -294,7 +294,7 @@ def _score_task(
     captions = [c or "" for c in rows.captions]
     for method, (poses, missing) in methods.items():
         scores = scorer.score(rows.sample_ids, poses, rows.poses, h36m=h36m)
-        mr = MethodResult(method, scores, missing_poses=missing)
+        mr = MethodResult(method, scores, missing_poses=missing, poses=np.asarray(poses, np.float32))
         mr.by_source = grouped_means(scores, rows.sources)
         if types is not None:
             mr.by_type = grouped_means(scores, [t or "unspecified" for t in types])

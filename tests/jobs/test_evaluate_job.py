@@ -135,7 +135,34 @@ def test_metrics_match_independent_computation(
     assert metrics["text2pose/missing_pose_rate"] == 0.0
 
 
-def test_groups_recalls_and_baselines(evaluated) -> None:
+def _run_similarity(out: Path, shards: Path, retrieval_dir: Path) -> np.ndarray:
+    """Caption × pose similarity of the text2pose test rows with the poses from predictions/text2pose.csv."""
+    from posegpt.retrieval import TextPoseRetrieval
+    from tests.fixtures.evaluation import TEXT_CACHE
+
+    rows = read_task_rows(str(shards), "text2pose", "test")
+    with (out / "report" / "predictions" / "text2pose.csv").open() as f:
+        written = {r["sample_id"]: r["model/pose"] for r in csv.DictReader(f)}
+    poses = np.array([[float(v) for v in written[s].split()] for s in rows.sample_ids], np.float32)
+    assert poses.shape == (len(rows), 72)
+    model = TextPoseRetrieval.load(retrieval_dir, cache_dir=TEXT_CACHE)
+    return model.similarity([c or "" for c in rows.captions], poses)
+
+
+def _recalls_at(sim: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+    """R^T2P (%) with ties broken at random, in expectation, one query at a time."""
+    out = {}
+    for k in ks:
+        hits = []
+        for i, row in enumerate(sim):
+            beaten_by = int(np.sum(row > row[i]))
+            tied_with = int(np.sum(row == row[i])) - 1
+            hits.append(min(max((k - beaten_by) / (tied_with + 1), 0.0), 1.0))
+        out[k] = 100 * float(np.mean(hits))
+    return out
+
+
+def test_groups_recalls_and_baselines(evaluated, eval_shards: Path, trained_retrieval: Path) -> None:
     out, _, _ = evaluated
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     # Per source (image2pose rows alternate 3dpw / h36m) and per RPE description type.
@@ -145,11 +172,15 @@ def test_groups_recalls_and_baselines(evaluated) -> None:
         metrics["image2pose/by_source/3dpw/pa_mpjpe"] + metrics["image2pose/by_source/h36m/pa_mpjpe"]
     ) / 2
     assert per_source == pytest.approx(metrics["image2pose/pa_mpjpe"], rel=1e-6)
-    # Retrieval: the ceiling on ground-truth poses beats the model, which answers the one prompt of every
-    # text2pose row with the same pose; one pose for all texts ranks at chance (10 of 24 at K=10).
+    # Retrieval: the ceiling on ground-truth poses beats the model. One pose for every text (the mean-pose
+    # baseline) is an exact tie by construction and ranks at chance: 10 of 24 at K=10.
     assert metrics["text2pose/gt/r_t2p_10"] > 60
-    assert metrics["text2pose/r_t2p_10"] == pytest.approx(100 * 10 / 24)
     assert metrics["text2pose/mean_pose/r_t2p_10"] == pytest.approx(100 * 10 / 24)
+    # The model answers the one prompt of every text2pose row with nearly the same pose, but batched
+    # generation (padding, CPU kernels) does not make them bit-identical: score the poses the run wrote.
+    expected = _recalls_at(_run_similarity(out, eval_shards, trained_retrieval), (5, 10, 20))
+    for k, value in expected.items():
+        assert metrics[f"text2pose/r_t2p_{k}"] == pytest.approx(value, abs=1e-9), k
     # Nearest neighbour runs on text tasks only; the crop baseline on RPE rows with boxes.
     assert "text2pose/nearest_neighbour/pa_mpjpe" in metrics and "spg/nearest_neighbour/pa_mpjpe" in metrics
     assert "image2pose/nearest_neighbour/pa_mpjpe" not in metrics

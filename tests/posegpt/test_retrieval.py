@@ -79,6 +79,22 @@ def test_recalls_from_similarity_independent() -> None:
         recalls_from_similarity(np.zeros((3, 4)))
 
 
+def test_equal_inputs_tie_exactly(model: TextPoseRetrieval, toy_retrieval_data) -> None:
+    """One pose answered to every text ties exactly wherever it sits in the batch: chance, not noise."""
+    poses, captions = toy_retrieval_data["test"]
+    n = 37  # not a multiple of any kernel's tile, so rows fall in different tiles
+    repeated = np.repeat(poses[:1], n, axis=0)
+    sim = model.similarity(list(captions[:n]), repeated)
+    assert (sim == sim[:, :1]).all()
+    rec = model.recalls(list(captions[:n]), repeated, ks=(5,))
+    assert rec.text_to_pose[5] == pytest.approx(100 * 5 / n)
+    # Otherwise it is the plain product of the embeddings (duplicates gathered, not dropped).
+    mixed = np.concatenate([poses[:n], poses[:3]])
+    texts = [*captions[:n], *captions[:3]]
+    expected = model.embed_texts(texts) @ model.embed_poses(mixed).T
+    np.testing.assert_allclose(model.similarity(texts, mixed), expected, atol=1e-5)
+
+
 def test_beats_chance_on_held_out(model: TextPoseRetrieval, toy_retrieval_data) -> None:
     poses, captions = toy_retrieval_data["test"]
     rec = model.recalls(captions, poses)
