@@ -7,12 +7,45 @@ from dataclasses import dataclass, field
 from posegpt.detect import DetectorConfig
 from posegpt.retrieval import RetrievalConfig
 from posegpt.storage import StorageConfig
+from posegpt.templates import PRESETS
 from posegpt.tracking import TrackingConfig
 
 EVAL_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
 """Tasks with a pose answer that the evaluation scores."""
 TEXT_TASKS: tuple[str, ...] = ("text2pose", "spg", "rpe")
 """Tasks whose query carries a description, so the nearest-neighbour baseline applies."""
+RECALL_TASKS: tuple[str, ...] = ("text2pose", "spg")
+"""Text-to-pose generation tasks scored by retrieval recall, each over its own split as gallery."""
+SHARD_PROMPTS = "shard"
+"""``data.prompts`` value that asks each row's question as its shard wrote it."""
+
+
+@dataclass
+class JointsSourceConfig:
+    """A test source with 3D joints and no pose, scored with MPJPE / PA-MPJPE on SPIN's 14 joints."""
+
+    npz: str = ""
+    """SPIN's joints file, e.g. ``h36m_valid_protocol2.npz`` (``imgname``, ``center``, ``scale``, ``S``), local or ``s3://``."""
+    image_root: str = ""
+    """Folder the ``imgname`` paths are relative to (SPIN's H36M folder); empty: the npz's folder."""
+    dataset: str = "h36m"
+    """Value of the ``source`` column and prefix of the sample ids."""
+    crop_padding: float = 1.0
+    """Crop side = this × 200 × ``scale`` (1.0: SPIN's box, as the prepare job's default)."""
+    image_size: int = 336
+    """Side of the crops in pixels (the vision tower's input, as the prepare job's ``image_size``)."""
+    jpeg_quality: int = 90
+    """JPEG quality of the crops (as the prepare job's)."""
+
+    def validate(self, where: str) -> list[str]:
+        errors = []
+        if not self.npz:
+            errors.append(f"{where}.npz is empty")
+        if self.crop_padding <= 0 or self.image_size < 16:
+            errors.append(f"{where}: crop_padding must be > 0 and image_size >= 16")
+        if not 1 <= self.jpeg_quality <= 100:
+            errors.append(f"{where}.jpeg_quality must be within [1, 100]")
+        return errors
 
 
 @dataclass
@@ -31,6 +64,16 @@ class EvalDataSection:
     """Skip a listed task whose split has no shards (with a note in the report) instead of failing."""
     max_samples: int = 0
     """Score only the first N rows of each task (0: all). Recalls are then over that smaller gallery."""
+    subset: int = 0
+    """Score a random subset of N rows per source of each task in ``subset_tasks`` and of each joints source, drawn by ``subset_seed`` (the paper: 200 images each of 3DPW and H36M); 0: all."""
+    subset_seed: int = 0
+    """Seed of the subset draw (a hash of seed and sample id ranks the rows, so the subset does not depend on file order)."""
+    subset_tasks: list[str] = field(default_factory=lambda: ["image2pose"])
+    """Tasks that ``subset`` applies to (the retrieval tasks keep their whole gallery)."""
+    prompts: str = SHARD_PROMPTS
+    """``shard``: ask each row's question as its shard wrote it; a template preset (``chatpose``, ``posegpt``): ask that preset's question, rebuilt from the row's caption with the eval ``seed`` (the paper's prompts on any shards)."""
+    joints_sources: dict[str, JointsSourceConfig] = field(default_factory=dict)
+    """Test sources with 3D joints and no pose, by name (the name is the reported task): SPIN's ``h36m_valid_protocol2.npz`` and its images; scored with MPJPE / PA-MPJPE on SPIN's 14 joints (needs ``metrics.h36m_regressor``)."""
 
 
 @dataclass
@@ -163,10 +206,27 @@ class EvalConfig:
         unknown = sorted(set(self.data.tasks) - set(EVAL_TASKS))
         if unknown:
             errors.append(f"data.tasks {unknown} are not evaluated tasks {list(EVAL_TASKS)}")
-        if not self.data.tasks:
-            errors.append("data.tasks is empty: nothing to evaluate")
-        if self.data.max_samples < 0:
-            errors.append(f"data.max_samples must be >= 0, got {self.data.max_samples}")
+        if not self.data.tasks and not self.data.joints_sources:
+            errors.append("data.tasks and data.joints_sources are empty: nothing to evaluate")
+        if self.data.max_samples < 0 or self.data.subset < 0:
+            errors.append(
+                f"data.max_samples and data.subset must be >= 0, got {self.data.max_samples}, {self.data.subset}"
+            )
+        bad_subset = sorted(set(self.data.subset_tasks) - set(EVAL_TASKS))
+        if bad_subset:
+            errors.append(f"data.subset_tasks {bad_subset} are not evaluated tasks")
+        if self.data.prompts != SHARD_PROMPTS and self.data.prompts not in PRESETS:
+            errors.append(
+                f"data.prompts must be {SHARD_PROMPTS!r} or a template preset {sorted(PRESETS)}, got {self.data.prompts!r}"
+            )
+        for name, src in self.data.joints_sources.items():
+            if name in EVAL_TASKS:
+                errors.append(
+                    f"data.joints_sources.{name}: the name is reported as a task; pick one that is not {name}"
+                )
+            errors += src.validate(f"data.joints_sources.{name}")
+        if self.data.joints_sources and not self.metrics.h36m_regressor:
+            errors.append("data.joints_sources are scored on SPIN's 14 joints: set metrics.h36m_regressor")
         inf = self.inference
         if inf.batch_size < 1 or inf.concurrency < 1:
             errors.append(

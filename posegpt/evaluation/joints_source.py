@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
+from posegpt.evaluation.config import JointsSourceConfig
 from posegpt.evaluation.scoring import spin_gt_joints14
 from posegpt.schema import QA_SCHEMA
 from posegpt.storage import StorageConfig, is_s3, join, read_bytes
-from posegpt.templates import expand, stable_hash
+from posegpt.templates import expand
 
 SPIN_BOX_UNIT = 200.0
 """SPIN's ``scale`` is the box side in units of 200 pixels."""
@@ -42,34 +43,6 @@ NPZ_FIELDS: tuple[str, ...] = ("imgname", "center", "scale", "S")
 """Arrays a joints-only SPIN file must hold."""
 QUERY_TASK = "image2pose"
 """The task whose phrasing the queries take."""
-
-
-@dataclass
-class JointsSourceConfig:
-    """A test source with 3D joints and no pose, scored with MPJPE / PA-MPJPE on SPIN's 14 joints."""
-
-    npz: str = ""
-    """SPIN's joints file, e.g. ``h36m_valid_protocol2.npz`` (``imgname``, ``center``, ``scale``, ``S``), local or ``s3://``."""
-    image_root: str = ""
-    """Folder the ``imgname`` paths are relative to (SPIN's H36M folder); empty: the npz's folder."""
-    dataset: str = "h36m"
-    """Value of the ``source`` column and prefix of the sample ids."""
-    crop_padding: float = 1.0
-    """Crop side = this × 200 × ``scale`` (1.0: SPIN's box, as the prepare job's default)."""
-    image_size: int = 336
-    """Side of the crops in pixels (the vision tower's input, as the prepare job's ``image_size``)."""
-    jpeg_quality: int = 90
-    """JPEG quality of the crops (as the prepare job's)."""
-
-    def validate(self, where: str) -> list[str]:
-        errors = []
-        if not self.npz:
-            errors.append(f"{where}.npz is empty")
-        if self.crop_padding <= 0 or self.image_size < 16:
-            errors.append(f"{where}: crop_padding must be > 0 and image_size >= 16")
-        if not 1 <= self.jpeg_quality <= 100:
-            errors.append(f"{where}.jpeg_quality must be within [1, 100]")
-        return errors
 
 
 @dataclass
@@ -149,18 +122,6 @@ def read_spin_joints(path: str, dataset: str, storage: StorageConfig | None = No
         scale * SPIN_BOX_UNIT,
         joints,
     )
-
-
-def subset_indices(sample_ids: list[str], n: int, seed: int) -> np.ndarray:
-    """Indices of a seeded random subset of ``n`` ids (all when ``n`` is 0 or ≥ len), in file order.
-
-    The draw ranks each id by a hash of (seed, id), so the same ids give the same
-    subset whatever their order or the file they come from.
-    """
-    if n <= 0 or n >= len(sample_ids):
-        return np.arange(len(sample_ids))
-    keys = np.array([stable_hash(f"{seed}:{sid}") for sid in sample_ids], dtype=np.uint64)
-    return np.sort(np.argsort(keys, kind="stable")[:n])
 
 
 def write_query_shard(

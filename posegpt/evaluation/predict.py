@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 
 from posegpt.detect import DetectorConfig
-from posegpt.evaluation.shards import BBOX_KEYS, ShardError, prompt_turns
+from posegpt.evaluation.shards import BBOX_KEYS, POSE_TOKEN, ShardError, prompt_turns, question_for
 from posegpt.evaluation.tracking_links import fetch_model_checkpoint
 from posegpt.skeleton import POSE_DIM
 from posegpt.storage import StorageConfig, arrow_filesystem
 
-READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta")
+READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta", "caption")
 AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT = "as_is", "gt_crop", "detected_crop"
 VARIANTS: tuple[str, ...] = (AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT)
 
@@ -128,6 +128,10 @@ class PredictJob:
     """One of ``VARIANTS``."""
     complete: bool = True
     """The files hold exactly ``sample_ids`` (no filtering needed)."""
+    prompt_preset: str | None = None
+    """Ask each row with this template preset's question, rebuilt from its caption (``question_for``); None: as written."""
+    prompt_seed: int = 0
+    """Seed of the preset's per-sample question pick."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -255,6 +259,22 @@ def read_shard_files(batch: pa.Table, storage: StorageConfig) -> pa.Table:
             table = table.filter(
                 pc.is_in(table.column("sample_id"), value_set=pa.array(item["ids"], pa.string()))
             )
+        if item.get("prompt_preset"):
+            # The actor takes the turns before the <POSE> answer as the query, as for shard conversations.
+            answer = {"role": "assistant", "content": POSE_TOKEN}
+            asked = [
+                [
+                    *question_for(
+                        item["task"], caption, str(sid), item["prompt_preset"], item["prompt_seed"]
+                    ),
+                    answer,
+                ]
+                for sid, caption in zip(
+                    table.column("sample_id").to_pylist(), table.column("caption").to_pylist(), strict=True
+                )
+            ]
+            index = table.schema.get_field_index("conversation")
+            table = table.set_column(index, "conversation", pa.array(asked, table.schema.field(index).type))
         n = table.num_rows
         table = table.append_column("task", pa.array([item["task"]] * n, pa.string()))
         tables.append(table.append_column("variant", pa.array([item["variant"]] * n, pa.string())))
@@ -287,7 +307,17 @@ def predict(
         files = job.files
         # Filter by id only where some rows of the files are left out (max_samples).
         ids = [] if job.complete else list(job.sample_ids)
-        items += [{"task": job.task, "variant": job.variant, "path": f, "ids": ids} for f in files]
+        items += [
+            {
+                "task": job.task,
+                "variant": job.variant,
+                "path": f,
+                "ids": ids,
+                "prompt_preset": job.prompt_preset or "",
+                "prompt_seed": job.prompt_seed,
+            }
+            for f in files
+        ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         read_shard_files,

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from posegpt.skeleton import POSE_DIM
 from posegpt.storage import StorageConfig, arrow_filesystem, join
+from posegpt.templates import expand, stable_hash
 
 POSE_TOKEN = "<POSE>"
 GT_COLUMNS: tuple[str, ...] = (
@@ -86,18 +87,75 @@ class TaskRows:
 
     def select(self, n: int) -> TaskRows:
         """The first ``n`` rows."""
+        return self.take(np.arange(min(n, len(self))))
+
+    def take(self, idx: np.ndarray) -> TaskRows:
+        """The rows at ``idx``, in that order."""
+        ids = [int(i) for i in idx]
         return TaskRows(
             self.task,
             self.split,
             self.files,
-            self.sample_ids[:n],
-            self.sources[:n],
-            self.poses[:n],
-            self.prompts[:n],
-            self.captions[:n],
-            self.meta[:n],
-            complete=self.complete and n >= len(self),
+            [self.sample_ids[i] for i in ids],
+            [self.sources[i] for i in ids],
+            self.poses[ids],
+            [self.prompts[i] for i in ids],
+            [self.captions[i] for i in ids],
+            [self.meta[i] for i in ids],
+            complete=self.complete and len(set(ids)) == len(self),
         )
+
+    def subset_per_source(self, n: int, seed: int) -> TaskRows:
+        """A seeded random subset of ``n`` rows of each source (``subset_indices``), in file order."""
+        labels = np.asarray(self.sources, dtype=object)
+        keep = []
+        for source in sorted(set(self.sources)):
+            where = np.flatnonzero(labels == source)
+            keep.append(where[subset_indices([self.sample_ids[i] for i in where], n, seed)])
+        return self.take(np.sort(np.concatenate(keep)))
+
+    def rephrased(self, preset: str, seed: int) -> TaskRows:
+        """The same rows asked with ``preset``'s question (``question_for``)."""
+        prompts = [
+            question_for(self.task, c, s, preset, seed)
+            for s, c in zip(self.sample_ids, self.captions, strict=True)
+        ]
+        return TaskRows(
+            self.task,
+            self.split,
+            self.files,
+            self.sample_ids,
+            self.sources,
+            self.poses,
+            prompts,
+            self.captions,
+            self.meta,
+            complete=self.complete,
+        )
+
+
+def question_for(
+    task: str, caption: str | None, sample_id: str, preset: str, seed: int
+) -> list[dict[str, str]]:
+    """The query of a row asked with a template preset: its question rebuilt from the caption (one user turn)."""
+    if task != "image2pose" and not (caption and caption.strip()):
+        raise ShardError(
+            f"{task}: sample {sample_id!r} has no caption, so its question cannot be asked with preset {preset!r}"
+        )
+    conversation, _ = expand(task, caption, sample_id, seed, preset)
+    return conversation[:1]
+
+
+def subset_indices(sample_ids: list[str], n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of ``n`` ids (all when ``n`` is 0 or ≥ len), in file order.
+
+    The draw ranks each id by a hash of (seed, id), so the same ids give the same
+    subset whatever their order or the file they come from.
+    """
+    if n <= 0 or n >= len(sample_ids):
+        return np.arange(len(sample_ids))
+    keys = np.array([stable_hash(f"{seed}:{sid}") for sid in sample_ids], dtype=np.uint64)
+    return np.sort(np.argsort(keys, kind="stable")[:n])
 
 
 def split_dir(shard_root: str, task: str, split: str) -> str:

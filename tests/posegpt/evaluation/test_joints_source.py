@@ -12,13 +12,9 @@ import pytest
 from PIL import Image
 
 from posegpt.crops import crop_box, encode_jpeg
-from posegpt.evaluation.joints_source import (
-    JointsSourceConfig,
-    read_spin_joints,
-    subset_indices,
-    write_query_shard,
-)
-from posegpt.evaluation.shards import prompt_turns
+from posegpt.evaluation.config import JointsSourceConfig
+from posegpt.evaluation.joints_source import read_spin_joints, write_query_shard
+from posegpt.evaluation.shards import prompt_turns, subset_indices
 from posegpt.templates import CHATPOSE_IMAGE_QUESTIONS
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from posegpt.evaluation.predict import CropSpec, crop_to_box, read_shard_files
-from posegpt.evaluation.shards import list_shard_files
+from posegpt.evaluation.shards import list_shard_files, prompt_turns
 from posegpt.storage import StorageConfig
 
 
@@ -31,7 +31,37 @@ def test_read_shard_files(eval_shards: Path) -> None:
     ids = table.column("sample_id").to_pylist()
     assert ids == [f"synthetic:text2pose-test-{i}" for i in range(10)] + ["synthetic:text2pose-test-12"]
     assert table.column("variant").to_pylist() == ["as_is"] * 10 + ["gt_crop"]
-    assert set(table.column_names) == {"sample_id", "conversation", "image", "meta", "task", "variant"}
+    assert set(table.column_names) == {
+        "sample_id",
+        "conversation",
+        "image",
+        "meta",
+        "caption",
+        "task",
+        "variant",
+    }
+
+
+def test_read_shard_files_asks_with_a_preset(eval_shards: Path) -> None:
+    from posegpt.templates import expand
+
+    files = list_shard_files(str(eval_shards), "text2pose", "test")
+    item = {"task": "text2pose", "variant": "as_is", "path": files[0], "ids": []}
+    asked = read_shard_files(
+        pa.Table.from_pylist([{**item, "prompt_preset": "chatpose", "prompt_seed": 5}]), StorageConfig()
+    )
+    for sid, caption, conv in zip(
+        asked.column("sample_id").to_pylist(),
+        asked.column("caption").to_pylist(),
+        asked.column("conversation").to_pylist(),
+        strict=True,
+    ):
+        # The actor's query: the preset's question rebuilt from the caption, with the driver's seed.
+        assert prompt_turns(conv, sid) == expand("text2pose", caption, sid, 5, "chatpose")[0][:1]
+    plain = read_shard_files(
+        pa.Table.from_pylist([{**item, "prompt_preset": "", "prompt_seed": 5}]), StorageConfig()
+    )
+    assert plain.column("conversation") != asked.column("conversation")
 
 
 def test_crop_to_box() -> None:

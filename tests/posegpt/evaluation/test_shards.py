@@ -67,3 +67,32 @@ def test_bad_shards(tmp_path: Path) -> None:
     pq.write_table(pa.table({"sample_id": ["a"]}), folder / "part-0.parquet")
     with pytest.raises(ShardError, match=r"part-0.parquet: missing columns \['task'"):
         read_task_rows(str(tmp_path), "text2pose", "val")
+
+
+def test_subset_per_source_and_rephrasing(eval_shards: Path) -> None:
+    from posegpt.templates import CHATPOSE_TEXT_QUESTIONS
+
+    rows = read_task_rows(str(eval_shards), "text2pose", "test", need_captions=True)
+    # Two sources, so a subset of 5 per source holds 10 rows, 5 of each, in file order.
+    rows.sources[:] = ["3dpw" if i % 3 else "h36m" for i in range(len(rows))]
+    sub = rows.subset_per_source(5, seed=0)
+    assert len(sub) == 10 and sorted(set(sub.sources)) == ["3dpw", "h36m"] and sub.sources.count("h36m") == 5
+    order = [rows.sample_ids.index(s) for s in sub.sample_ids]
+    assert order == sorted(order) and not sub.complete
+    np.testing.assert_array_equal(sub.poses, rows.poses[order])
+    assert (
+        sub.sample_ids
+        == rows.subset_per_source(5, seed=0).sample_ids
+        != rows.subset_per_source(5, 1).sample_ids
+    )
+    asked = rows.rephrased("chatpose", seed=0)
+    assert asked.sample_ids == rows.sample_ids and asked.poses is rows.poses
+    for prompt, caption in zip(asked.prompts, rows.captions, strict=True):
+        assert len(prompt) == 1 and prompt[0]["content"] in {
+            q.format(caption=caption) for q in CHATPOSE_TEXT_QUESTIONS
+        }
+    rows.captions[2] = None
+    with pytest.raises(
+        ShardError, match=r"sample '.*test-2' has no caption, so its question cannot be asked"
+    ):
+        rows.rephrased("chatpose", 0)
