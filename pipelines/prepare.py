@@ -1,34 +1,50 @@
-"""The prepare job's logic: raw datasets → QA shards, manifest and rejects.
+"""The prepare job's logic: raw datasets → QA shards, manifest and rejects, on Ray Data workers.
 
-Readers (``pipelines.sources``) run on the driver and yield small work items in
-a fixed order: sources in config order, each in its files' order. Items go to
-Ray Data in chunks of ``chunk_items`` (``from_items`` → ``map_batches`` of
-``pipelines.transforms.transform_batch`` with ``preserve_order``), and the
-transformed batches stream back to the driver's ``ShardWriter``. So the driver
-holds one chunk of items and one row group per open file, whatever the dataset
-size, and the same inputs and seed give the same rows in the same files.
-``engine="local"`` does the same work in a plain loop (tests, benchmarks).
+The driver only plans: for each enabled source it lists the parts to read
+(``pipelines.sources.plan_source``: row ranges of npz files, tar shards, every k-th
+entry of JSON-indexed sources). Everything else runs in Ray Data tasks:
+
+    read_datasource(PartsDatasource)   one read task per part: the reader → item blocks
+      .map_batches(transform_batch)    image read + crop / encode, templates, validation
+      .write_datasink(ShardSink)       Parquet per task/split and rejects, straight to ``out``
+
+Ray fuses the three steps into one task per part, so an item travels from its raw
+file to its shard inside one worker. Each write task returns its counts and the
+raw files' digests; the driver adds them up and writes ``manifest.json`` last,
+so a folder without a manifest is an unfinished job (see ``pipelines.writer``).
+``engine="local"`` runs the same parts through the same functions in this process.
+Tasks that die (a killed worker, a lost node) are retried by Ray (``task_retries``);
+a retried part rewrites the same file names, so counts and rows never double.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import itertools
 import json
-import math
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipelines.prepare_config import PrepareConfig, SourceConfig
-from pipelines.sources import get_reader
+from pipelines.sources import get_reader, plan_source
 from pipelines.sources.inputs import ReadContext, dataset_name
-from pipelines.sources.items import Item
-from pipelines.transforms import ITEM_COLUMN, TransformSettings, to_table, transform_batch, transform_item
-from pipelines.writer import ShardWriter, prepare_output
+from pipelines.transforms import (
+    DIGESTS_COLUMN,
+    IMAGE_COLUMN,
+    ITEM_COLUMN,
+    ITEM_SCHEMA,
+    PART_COLUMN,
+    SEQ_COLUMN,
+    TransformSettings,
+    transform_batch,
+)
+from pipelines.writer import ShardSink, prepare_output
 from posegpt.config import to_dict
 from posegpt.schema import SCHEMA_VERSION
 from posegpt.storage import check_reachable, is_s3
@@ -130,54 +146,121 @@ def missing_inputs(cfg: PrepareConfig) -> list[str]:
     return missing
 
 
-def iter_items(cfg: PrepareConfig, contexts: dict[str, ReadContext]) -> Iterator[Item]:
-    """Every work item of every enabled source, in config order."""
+@dataclass(frozen=True)
+class Part:
+    """One read task: a share of one source (see ``pipelines.sources.plan_source``)."""
+
+    index: int
+    input: str
+    spec: dict[str, Any]
+
+
+def plan(cfg: PrepareConfig) -> list[Part]:
+    """Every part of every enabled source, in config order (the driver's only reading: listings, npz headers)."""
+    ctx = ReadContext(cfg.raw_root, cfg.storage, cfg.seed, cfg.all_captions)
+    parts: list[Part] = []
     for name, src in cfg.sources.items():
-        if not src.enabled:
-            continue
-        ctx = ReadContext(cfg.raw_root, cfg.storage, cfg.seed, cfg.all_captions)
-        contexts[name] = ctx
-        yield from get_reader(src.reader)(name, src, ctx)
+        if src.enabled:
+            for spec in plan_source(name, src, ctx, cfg.rows_per_read_task, cfg.read_tasks_per_source):
+                parts.append(Part(len(parts), name, spec))
+    return parts
 
 
-def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+def read_part(cfg: PrepareConfig, part: Part) -> Iterator[pa.Table]:
+    """The item blocks of one part (runs in a read task): ``batch_size`` items each, then a digest marker."""
+    src = cfg.sources[part.input]
+    ctx = ReadContext(cfg.raw_root, cfg.storage, cfg.seed, cfg.all_captions)
+    columns: dict[str, list[Any]] = {n: [] for n in ITEM_SCHEMA.names}
+    seq = 0
+
+    def block() -> pa.Table:
+        table = pa.table(columns, schema=ITEM_SCHEMA)
+        for values in columns.values():
+            values.clear()
+        return table
+
+    for item in get_reader(src.reader)(part.input, src, ctx, part.spec):
+        image = item.get("image")
+        data = image.pop("data", None) if isinstance(image, dict) else None
+        columns[ITEM_COLUMN].append(json.dumps(item))
+        columns[IMAGE_COLUMN].append(data)
+        columns[PART_COLUMN].append(part.index)
+        columns[SEQ_COLUMN].append(seq)
+        columns[DIGESTS_COLUMN].append(None)
+        seq += 1
+        if len(columns[ITEM_COLUMN]) >= cfg.batch_size:
+            yield block()
+    # The closing marker carries the digests of every raw file this part read.
+    for key, value in (
+        (ITEM_COLUMN, None),
+        (IMAGE_COLUMN, None),
+        (PART_COLUMN, part.index),
+        (SEQ_COLUMN, seq),
+    ):
+        columns[key].append(value)
+    columns[DIGESTS_COLUMN].append(json.dumps({part.input: ctx.digests}, sort_keys=True))
+    yield block()
 
 
-def run_local(
-    items: Iterable[Item], settings: TransformSettings, write: Callable[[Any], None], batch: int
-) -> None:
-    """The transform in this process, one batch of items at a time."""
-    for chunk in _chunks(items, batch):
-        write(to_table([transform_item(item, settings) for item in chunk]))
+def make_datasource(cfg: PrepareConfig, parts: list[Part]) -> Any:
+    """A Ray Data ``Datasource`` with one read task per part."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class PartsDatasource(Datasource):
+        def get_name(self) -> str:
+            return "PrepareParts"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list[ReadTask]:
+            return [
+                ReadTask(
+                    functools.partial(read_part, cfg, part),
+                    BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None),
+                    schema=ITEM_SCHEMA,
+                )
+                for part in parts
+            ]
+
+    return PartsDatasource()
 
 
-def run_ray(
-    items: Iterable[Item], settings: TransformSettings, write: Callable[[Any], None], cfg: PrepareConfig
-) -> None:
-    """The transform on Ray Data workers, chunk by chunk, results in input order."""
+def run_local(cfg: PrepareConfig, parts: list[Part], sink: ShardSink, settings: TransformSettings) -> None:
+    """The same parts, transform and writer in this process, one part after another."""
+    from ray.data.datasource import WriteResult
+
+    returns = [
+        sink.write_blocks(transform_batch(block, settings) for block in read_part(cfg, part))
+        for part in parts
+    ]
+    sink.on_write_complete(WriteResult(num_rows=0, size_bytes=0, write_returns=returns))
+
+
+def run_ray(cfg: PrepareConfig, parts: list[Part], sink: ShardSink, settings: TransformSettings) -> None:
+    """Read, transform and write on Ray Data workers; the driver waits for the write statistics."""
     import ray
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or None, log_to_driver=False)
-    data_ctx = DataContext.get_current()
-    data_ctx.execution_options.preserve_order = True
-    data_ctx.enable_progress_bars = cfg.progress_bars
-    for chunk in _chunks(items, cfg.chunk_items):
-        records = [{ITEM_COLUMN: json.dumps(item)} for item in chunk]
-        blocks = max(1, math.ceil(len(records) / cfg.batch_size))
-        ds = ray.data.from_items(records, override_num_blocks=blocks).map_batches(
-            transform_batch,
-            fn_kwargs={"settings": settings},
-            batch_format="pyarrow",
-            batch_size=cfg.batch_size,
-            num_cpus=cfg.num_cpus_per_task,
-        )
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=2):
-            write(batch)
+        # Worker output and errors reach this log (log_to_driver stays on).
+        ray.init(address=cfg.ray_address or None)
+    DataContext.get_current().enable_progress_bars = cfg.progress_bars
+    remote = {"num_cpus": cfg.num_cpus_per_task, "max_retries": cfg.task_retries}
+    ds = ray.data.read_datasource(
+        make_datasource(cfg, parts), override_num_blocks=len(parts), ray_remote_args=remote
+    ).map_batches(
+        transform_batch,
+        fn_kwargs={"settings": settings},
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+        **remote,
+    )
+    ds.write_datasink(sink, ray_remote_args=remote)
 
 
 def transform_settings(cfg: PrepareConfig) -> TransformSettings:
@@ -193,11 +276,12 @@ def transform_settings(cfg: PrepareConfig) -> TransformSettings:
 
 
 def _source_entry(
-    name: str, src: SourceConfig, ctx: ReadContext | None, root: str, stats: dict[str, int]
+    name: str, src: SourceConfig, digests: dict[str, str], root: str, stats: dict[str, int], parts: int
 ) -> dict[str, Any]:
+    """One source in the manifest: its raw files (relative to ``root``) with their digests, and its counts."""
     prefix = root.rstrip("/") + "/" if root else ""
     files = {}
-    for uri, digest in sorted((ctx.digests if ctx else {}).items()):
+    for uri, digest in sorted(digests.items()):
         files[uri[len(prefix) :] if prefix and uri.startswith(prefix) else uri] = digest
     return {
         "reader": src.reader,
@@ -207,11 +291,12 @@ def _source_entry(
         "read": stats["read"],
         "accepted": stats["accepted"],
         "rejected": stats["rejected"],
+        "parts": parts,
     }
 
 
 def prepare(cfg: PrepareConfig, code: dict[str, str | None] | None = None) -> PrepareResult:
-    """Read every source, transform, validate and write the shards; raises PrepareError for missing inputs.
+    """Plan, read, transform, validate and write the shards; raises PrepareError for missing inputs.
 
     The reject fraction is not checked here (the shards are complete either way):
     the job compares ``result.reject_fraction`` with ``cfg.max_reject_fraction``.
@@ -226,33 +311,42 @@ def prepare(cfg: PrepareConfig, code: dict[str, str | None] | None = None) -> Pr
     missing = missing_inputs(cfg)
     if missing:
         raise PrepareError("input paths do not exist: " + "; ".join(missing))
-    prepare_output(cfg.out, cfg.storage, cfg.overwrite)
-    writer = ShardWriter(cfg.out, cfg.storage, cfg.rows_per_file)
+    code = code if code is not None else code_version()
+    note = prepare_output(cfg.out, cfg.storage, cfg.overwrite, {"code_version": code, "config": to_dict(cfg)})
+    if note:
+        print(f"prepare: {note}", flush=True)
+    parts = plan(cfg)
+    sink = ShardSink(cfg.out, cfg.storage, cfg.rows_per_file)
     settings = transform_settings(cfg)
-    contexts: dict[str, ReadContext] = {}
-    items = iter_items(cfg, contexts)
-    try:
-        if cfg.engine == "ray":
-            run_ray(items, settings, writer.write, cfg)
-        else:
-            run_local(items, settings, writer.write, cfg.batch_size)
-    finally:
-        writer.close()
+    if cfg.engine == "ray":
+        run_ray(cfg, parts, sink, settings)
+    else:
+        run_local(cfg, parts, sink, settings)
+    totals = sink.totals
+    names = [name for name, src in cfg.sources.items() if src.enabled]
     per_input = {
-        name: dict(writer.per_input.get(name, {"read": 0, "accepted": 0, "rejected": 0})) for name in contexts
+        name: dict(totals["per_input"].get(name, {"read": 0, "accepted": 0, "rejected": 0})) for name in names
     }
-    counts = {task: dict(sorted(splits.items())) for task, splits in sorted(writer.counts.items())}
+    counts = {task: dict(sorted(splits.items())) for task, splits in sorted(totals["counts"].items())}
+    parts_per_input = {name: sum(1 for p in parts if p.input == name) for name in names}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "counts": counts,
         "rows": sum(sum(s.values()) for s in counts.values()),
         "sources": {
-            name: _source_entry(name, cfg.sources[name], contexts.get(name), cfg.raw_root, per_input[name])
-            for name in contexts
+            name: _source_entry(
+                name,
+                cfg.sources[name],
+                totals["digests"].get(name, {}),
+                cfg.raw_root,
+                per_input[name],
+                parts_per_input[name],
+            )
+            for name in names
         },
-        "rejects": writer.rejected,
+        "rejects": totals["rejects"],
         "read": sum(s["read"] for s in per_input.values()),
-        "code_version": code if code is not None else code_version(),
+        "code_version": code,
         "config": {
             k: v
             for k, v in to_dict(cfg).items()
@@ -268,6 +362,14 @@ def prepare(cfg: PrepareConfig, code: dict[str, str | None] | None = None) -> Pr
             )
         },
     }
-    writer.write_manifest(manifest)
+    sink.finish(manifest)
     rejects_uri = f"{cfg.out.rstrip('/')}/rejects"
-    return PrepareResult(cfg.out, manifest, per_input, time.perf_counter() - start, rejects_uri)
+    files = sorted(totals["files"])
+    return PrepareResult(
+        cfg.out,
+        manifest,
+        per_input,
+        time.perf_counter() - start,
+        rejects_uri,
+        {"files": files, "parts": len(parts)},
+    )

@@ -17,7 +17,16 @@ from posegpt.schema import SPLITS
 from posegpt.storage import StorageConfig
 from posegpt.tracking import TrackingConfig
 
-READER_NAMES: tuple[str, ...] = ("posescript", "spin", "hmr2", "llava", "spg", "rpe", "image_folder")
+READER_NAMES: tuple[str, ...] = (
+    "posescript",
+    "spin",
+    "hmr2",
+    "hmr2_tar",
+    "llava",
+    "spg",
+    "rpe",
+    "image_folder",
+)
 """Readers known to ``pipelines.sources`` (one module per raw format)."""
 
 
@@ -26,15 +35,18 @@ class SourceConfig:
     """One raw dataset to read (one entry of ``sources``)."""
 
     reader: str = ""
-    """Raw format: posescript (PoseScript V1/V2 + AMASS), spin, hmr2 (npz + images), llava (mix665k JSON), spg, rpe, image_folder."""
+    """Raw format: posescript (PoseScript V1/V2 + AMASS), spin, hmr2 (npz + images), hmr2_tar (HMR 2.0 webdataset
+    tar shards), llava (mix665k JSON), spg, rpe, image_folder."""
     path: str = ""
-    """Main input: the PoseScript folder, an npz file or a folder of ``<split>.npz``, the LLaVA JSON file, the spg/rpe folder."""
+    """Main input: the PoseScript folder, an npz file or a folder of ``<split>.npz``, a tar shard, a folder of them
+    or a ``{000000..000017}`` pattern (hmr2_tar), the LLaVA JSON file, the spg/rpe folder."""
     enabled: bool = True
     """Set false to skip this source without deleting its section."""
     dataset: str = ""
     """Value of the ``source`` column and prefix of the sample ids (e.g. 3dpw, h36m, coco); empty: the section's name."""
     split: str = ""
-    """Split of a single-file input (one npz, one LLaVA JSON); empty: from the file name (``train.npz``) or ``train``."""
+    """Split of a single-file input (one npz, one LLaVA JSON, tar shards); empty: from the file name (``train.npz``)
+    or ``train``."""
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
     """Splits to read from inputs that hold several (PoseScript, spg, rpe, folders of ``<split>.npz``)."""
     image_root: str = ""
@@ -66,7 +78,7 @@ class PrepareConfig:
     seed: int = 0
     """Seeds caption selection and template picks (per sample id, so order-independent)."""
     rows_per_file: int = 2000
-    """Rows per Parquet file (the last file of a task/split holds the rest)."""
+    """Most rows per Parquet file (a file holds rows of one read task, so many hold fewer)."""
     image_size: int = 336
     """Side of the ``image2pose`` crops in pixels (the vision tower's input size)."""
     crop_padding: float = 1.0
@@ -80,15 +92,20 @@ class PrepareConfig:
     max_reject_fraction: float = 0.1
     """The job fails (exit 1) when rejected / read exceeds this, after writing everything."""
     engine: str = "ray"
-    """ray: Ray Data workers do the image work; local: the same work in a plain loop in this process."""
+    """ray: Ray Data workers read, transform and write (the driver only plans); local: the same in this process."""
     ray_address: str = ""
     """Ray cluster to join (empty: the one of ``ray job submit``, else a local one)."""
-    chunk_items: int = 4096
-    """Work items handed to Ray Data at a time (bounds the driver's memory; larger: less start-up per chunk)."""
+    rows_per_read_task: int = 2000
+    """Rows of an npz file per read task (each task reads its range; a shard file holds one task's rows)."""
+    read_tasks_per_source: int = 4
+    """Read tasks of a source indexed by JSON or a folder listing (PoseScript, spg, rpe, LLaVA, image folders):
+    each parses the index and takes every k-th entry. Tar shards are one task each."""
     batch_size: int = 32
-    """Work items per Ray Data task batch."""
+    """Work items per block (the unit a task transforms and writes at a time)."""
     num_cpus_per_task: float = 1.0
-    """CPUs reserved by each transform task."""
+    """CPUs reserved by each read → transform → write task."""
+    task_retries: int = 3
+    """Times Ray runs a task again after its worker or node died (a retried part rewrites the same files)."""
     progress_bars: bool = True
     """Show Ray Data's progress bars."""
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -109,8 +126,14 @@ class PrepareConfig:
             raise ConfigError(f"max_reject_fraction must be within [0, 1], got {self.max_reject_fraction}")
         if self.engine not in ("ray", "local"):
             raise ConfigError(f"engine must be ray or local, got {self.engine!r}")
-        if self.chunk_items < 1 or self.batch_size < 1:
-            raise ConfigError("chunk_items and batch_size must be >= 1")
+        if self.rows_per_read_task < 1 or self.read_tasks_per_source < 1 or self.batch_size < 1:
+            raise ConfigError("rows_per_read_task, read_tasks_per_source and batch_size must be >= 1")
+        if self.task_retries < 0:
+            raise ConfigError(f"task_retries must be >= 0, got {self.task_retries}")
+        if self.storage.max_attempts < 5:
+            raise ConfigError(
+                f"storage.max_attempts must be >= 5 (S3 throttles), got {self.storage.max_attempts}"
+            )
         if self.image_limits.max_bytes < 1 or self.image_limits.max_pixels < 1:
             raise ConfigError("image_limits.max_bytes and image_limits.max_pixels must be >= 1")
         if not self.out:

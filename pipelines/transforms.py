@@ -1,21 +1,26 @@
 """Work item → shard row: read the image, crop or keep it, expand templates, validate.
 
 ``transform_item`` is a pure function of the item and ``TransformSettings``; Ray
-Data runs it through ``transform_batch`` on workers, the local engine in a loop,
-and both give the same bytes. Anything that goes wrong with one item (missing or
-corrupt image, bad pose, malformed conversation) becomes a reject record whose
-reason names the file or id; nothing raises past this module for bad data.
+Data runs it through ``transform_batch`` (``map_batches``) on workers, the local
+engine in a loop, and both give the same bytes. Anything that goes wrong with one
+item (missing or corrupt image, bad pose, malformed conversation) becomes a reject
+record whose reason names the file or id, relative to ``raw_root`` (a reject never
+carries the machine's own folders); nothing raises past this module for bad data.
+
+Blocks in (``ITEM_SCHEMA``): one JSON work item per row, the image bytes when the
+reader carried them (tar shards), the read part and the item's position in it
+(``_part``, ``_seq``: provenance and file names), and on each part's last row (a
+marker without an item) the digests of the raw files the part read. Blocks out
+(``OUTPUT_SCHEMA``): the QA columns plus those bookkeeping columns, in the same order.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from pipelines.sources.items import Item
 from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
@@ -26,18 +31,33 @@ from posegpt.templates import expand
 INPUT_COLUMN = "_input"
 REASON_COLUMN = "_reason"
 FILE_COLUMN = "_file"
+PART_COLUMN = "_part"
+SEQ_COLUMN = "_seq"
+DIGESTS_COLUMN = "_digests"
+IMAGE_COLUMN = "_image"
+ITEM_COLUMN = "item"
+"""Column of JSON-encoded work items (null on a part's closing marker row)."""
+
+_BOOKKEEPING = [
+    pa.field(PART_COLUMN, pa.int64()),
+    pa.field(SEQ_COLUMN, pa.int64()),
+    pa.field(DIGESTS_COLUMN, pa.string()),
+]
+ITEM_SCHEMA = pa.schema(
+    [pa.field(ITEM_COLUMN, pa.string()), pa.field(IMAGE_COLUMN, pa.binary()), *_BOOKKEEPING]
+)
+"""Blocks of work items, as the read tasks produce them."""
 OUTPUT_SCHEMA = pa.schema(
     [pa.field(f.name, f.type, nullable=True) for f in QA_SCHEMA]
     + [
         pa.field(INPUT_COLUMN, pa.string()),
         pa.field(REASON_COLUMN, pa.string()),
         pa.field(FILE_COLUMN, pa.string()),
+        *_BOOKKEEPING,
     ]
 )
-"""What a transform batch returns: the QA columns plus the input name, a reject reason (null when accepted), the raw file."""
-
-ITEM_COLUMN = "item"
-"""Column of JSON-encoded work items handed to Ray Data."""
+"""What a transform batch returns: the QA columns plus the input name, a reject reason (null when
+accepted), the raw file, and the part / position / digests of the item block."""
 
 
 @dataclass(frozen=True)
@@ -54,19 +74,10 @@ class TransformSettings:
     """Prefix stripped from paths in ``meta`` and ``_file``, so rows do not depend on where the data sits."""
 
 
-@lru_cache(maxsize=4)
-def _filesystem(
-    endpoint: str | None, region: str, timeout: float, bucket_uri: str
-) -> tuple[pafs.FileSystem, str]:
-    return arrow_filesystem(bucket_uri, StorageConfig(endpoint, region, timeout))
-
-
 def read_image_bytes(uri: str, storage: StorageConfig) -> bytes:
     """Bytes of one image; FileNotFoundError naming ``uri`` when it is missing."""
     if is_s3(uri):
-        bucket = uri[len("s3://") :].split("/", 1)[0]
-        fs, _ = _filesystem(storage.endpoint_url, storage.region, storage.connect_timeout_s, f"s3://{bucket}")
-        path = uri[len("s3://") :]
+        fs, path = arrow_filesystem(uri, storage)
         try:
             with fs.open_input_stream(path) as f:
                 return f.read()
@@ -97,6 +108,13 @@ def relative(value: Any, root: str) -> Any:
     return value
 
 
+def relative_text(text: str, root: str) -> str:
+    """``text`` with every occurrence of ``root/`` removed (reasons name raw files relative to the root)."""
+    if not root:
+        return text
+    return text.replace(root.rstrip("/") + "/", "")
+
+
 def _reject(item: Item, reason: str, settings: TransformSettings) -> dict[str, Any]:
     out: dict[str, Any] = dict.fromkeys(QA_COLUMNS)
     out.update(
@@ -107,16 +125,18 @@ def _reject(item: Item, reason: str, settings: TransformSettings) -> dict[str, A
         meta=json.dumps(relative(item.get("meta") or {}, settings.raw_root), sort_keys=True),
     )
     out[INPUT_COLUMN] = item["input"]
-    out[REASON_COLUMN] = reason
+    out[REASON_COLUMN] = relative_text(reason, settings.raw_root)
     out[FILE_COLUMN] = relative(item.get("file"), settings.raw_root)
     return out
 
 
-def _image_bytes(item: Item, settings: TransformSettings, meta: dict[str, Any]) -> bytes:
+def _image_bytes(
+    item: Item, settings: TransformSettings, meta: dict[str, Any], carried: bytes | None
+) -> bytes:
     spec = item["image"]
     uri = spec["uri"]
-    data = read_image_bytes(uri, settings.storage)
-    pixels = decode_image(data, settings.limits, uri)
+    data = carried if carried is not None else read_image_bytes(uri, settings.storage)
+    pixels = decode_image(data, settings.limits, relative_text(uri, settings.raw_root))
     if spec.get("crop") is None:
         meta["image_size"] = [int(pixels.shape[1]), int(pixels.shape[0])]
         # Whole images keep their original bytes when they are JPEG or PNG (no re-encoding loss).
@@ -133,13 +153,18 @@ def _image_bytes(item: Item, settings: TransformSettings, meta: dict[str, Any]) 
     return encode_jpeg(crop, settings.jpeg_quality)
 
 
-def transform_item(item: Item, settings: TransformSettings) -> dict[str, Any]:
-    """One output record (OUTPUT_SCHEMA columns): a row, or a reject when ``_reason`` is set."""
+def transform_item(
+    item: Item, settings: TransformSettings, image_data: bytes | None = None
+) -> dict[str, Any]:
+    """One output record (QA and reject columns): a row, or a reject when ``_reason`` is set.
+
+    ``image_data``: the image's bytes when the reader carried them (else they are read from its URI).
+    """
     if "reject" in item:
         return _reject(item, item["reject"], settings)
     meta = dict(item.get("meta") or {})
     try:
-        image = _image_bytes(item, settings, meta) if item.get("image") else None
+        image = _image_bytes(item, settings, meta, image_data) if item.get("image") else None
         if item["task"] in ("vqa", "person_crop"):  # these readers give the conversation itself
             conversation = item["conversation"]
         else:
@@ -169,11 +194,15 @@ def transform_item(item: Item, settings: TransformSettings) -> dict[str, Any]:
     return row
 
 
-def to_table(records: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
-
-
 def transform_batch(batch: pa.Table, settings: TransformSettings) -> pa.Table:
-    """Ray Data ``map_batches`` function: JSON work items in, OUTPUT_SCHEMA records out, same order."""
+    """Ray Data ``map_batches`` function: ITEM_SCHEMA blocks in, OUTPUT_SCHEMA records out, same order."""
     items = batch.column(ITEM_COLUMN).to_pylist()
-    return to_table([transform_item(json.loads(text), settings) for text in items])
+    images = batch.column(IMAGE_COLUMN).to_pylist()
+    records = [
+        {} if text is None else transform_item(json.loads(text), settings, image)
+        for text, image in zip(items, images, strict=True)
+    ]
+    out = pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+    for name in (PART_COLUMN, SEQ_COLUMN, DIGESTS_COLUMN):
+        out = out.set_column(out.schema.get_field_index(name), name, batch.column(name))
+    return out

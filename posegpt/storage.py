@@ -5,6 +5,12 @@ and checkpoint folders go through boto3. Both take the endpoint from ``StorageCo
 so an S3-compatible store (MinIO, Ceph, moto in tests) works the same as AWS.
 Credentials follow boto3's usual chain (environment, shared file, instance profile):
 they never sit in a config file.
+
+Each process builds one pyarrow filesystem and one boto3 client per storage setting and
+reuses them (a Ray worker reading thousands of objects pays the connection set-up once).
+Both retry throttling and connection errors (pyarrow: AWS standard strategy; boto3:
+adaptive mode) up to ``max_attempts`` times, and folder transfers run ``max_concurrency``
+objects at a time.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,10 @@ class StorageConfig:
     """S3 region."""
     connect_timeout_s: float = 5.0
     """Seconds to wait for the S3 endpoint before failing with a clear error."""
+    max_attempts: int = 8
+    """Tries per S3 request (throttling, 5xx and connection errors are retried with backoff); at least 5."""
+    max_concurrency: int = 8
+    """Objects transferred at a time by folder uploads and downloads (and parts of one large object)."""
 
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
@@ -53,31 +65,60 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
+@lru_cache(maxsize=16)
+def _s3_filesystem(
+    endpoint_url: str | None, region: str, connect_timeout_s: float, max_attempts: int, max_concurrency: int
+) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {
+        "region": region,
+        "connect_timeout": connect_timeout_s,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+    }
+    if endpoint_url:
+        scheme, _, host = endpoint_url.partition("://")
+        kwargs["endpoint_override"] = host or scheme
+        kwargs["scheme"] = scheme if host else "https"
+    return pafs.S3FileSystem(**kwargs)
+
+
 def arrow_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or an ``s3://`` URI."""
+    """A pyarrow filesystem (one per storage setting and process) and the path inside it."""
     cfg = cfg or StorageConfig()
     if is_s3(uri):
-        kwargs: dict[str, Any] = {"region": cfg.region, "connect_timeout": cfg.connect_timeout_s}
-        if cfg.endpoint_url:
-            scheme, _, host = cfg.endpoint_url.partition("://")
-            kwargs["endpoint_override"] = host or scheme
-            kwargs["scheme"] = scheme if host else "https"
         bucket, key = split_s3(uri)
-        return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+        return _s3_filesystem(*astuple(cfg)), f"{bucket}/{key}".rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
-def s3_client(cfg: StorageConfig | None = None) -> Any:
+@lru_cache(maxsize=16)
+def _s3_client(
+    endpoint_url: str | None, region: str, connect_timeout_s: float, max_attempts: int, max_concurrency: int
+) -> Any:
     import boto3
     from botocore.config import Config
 
-    cfg = cfg or StorageConfig()
-    return boto3.client(
+    # A session of its own: boto3's default session is not thread-safe, and transfers run in threads.
+    return boto3.session.Session().client(
         "s3",
-        endpoint_url=cfg.endpoint_url or None,
-        region_name=cfg.region,
-        config=Config(connect_timeout=cfg.connect_timeout_s, retries={"max_attempts": 2}),
+        endpoint_url=endpoint_url or None,
+        region_name=region,
+        config=Config(
+            connect_timeout=connect_timeout_s,
+            retries={"max_attempts": max_attempts, "mode": "adaptive"},
+            max_pool_connections=max(10, max_concurrency),
+        ),
     )
+
+
+def s3_client(cfg: StorageConfig | None = None) -> Any:
+    """The process's boto3 S3 client for ``cfg`` (adaptive retries, ``cfg.max_attempts`` tries)."""
+    return _s3_client(*astuple(cfg or StorageConfig()))
+
+
+def _transfer_config(cfg: StorageConfig) -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(max_concurrency=cfg.max_concurrency)
 
 
 def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
@@ -109,8 +150,10 @@ def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _ = split_s3(uri)
+    # Two tries, not max_attempts: this check exists to fail fast on a wrong endpoint.
+    probe = replace(cfg or StorageConfig(), max_attempts=2)
     try:
-        s3_client(cfg).head_bucket(Bucket=bucket)
+        s3_client(probe).head_bucket(Bucket=bucket)
     except ClientError as exc:
         raise ValueError(f"S3 bucket {bucket!r} of {uri} is not accessible: {exc}") from exc
     except BotoCoreError as exc:
@@ -138,8 +181,11 @@ def download_dir(uri: str, local_dir: str | Path, cfg: StorageConfig | None = No
     client = s3_client(cfg)
     etag_file = local / ".s3-etags.json"
     known: dict[str, str] = json.loads(etag_file.read_text()) if etag_file.exists() else {}
+    cfg = cfg or StorageConfig()
+    transfer = _transfer_config(cfg)
     paginator = client.get_paginator("list_objects_v2")
     found = 0
+    todo: list[tuple[str, Path, str, str]] = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/" if prefix else ""):
         for obj in page.get("Contents", []):
             key = obj["Key"]
@@ -152,10 +198,17 @@ def download_dir(uri: str, local_dir: str | Path, cfg: StorageConfig | None = No
             if target.exists() and target.stat().st_size == obj["Size"] and known.get(rel) == etag:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(target))
-            known[rel] = etag
+            todo.append((key, target, rel, etag))
     if found == 0:
         raise FileNotFoundError(f"no objects under {uri}")
+
+    def fetch(job: tuple[str, Path, str, str]) -> None:
+        key, target, _, _ = job
+        client.download_file(bucket, key, str(target), Config=transfer)
+
+    with ThreadPoolExecutor(max_workers=cfg.max_concurrency) as pool:
+        list(pool.map(fetch, todo))
+    known.update({rel: etag for _, _, rel, etag in todo})
     etag_file.write_text(json.dumps(known, indent=1, sort_keys=True))
     return local
 
@@ -171,11 +224,17 @@ def upload_dir(local_dir: str | Path, uri: str, cfg: StorageConfig | None = None
         shutil.copytree(local, uri, dirs_exist_ok=True)
         return
     bucket, prefix = split_s3(uri)
+    cfg = cfg or StorageConfig()
     client = s3_client(cfg)
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            key = "/".join(p for p in (prefix, path.relative_to(local).as_posix()) if p)
-            client.upload_file(str(path), bucket, key)
+    transfer = _transfer_config(cfg)
+    files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+
+    def send(path: Path) -> None:
+        key = "/".join(p for p in (prefix, path.relative_to(local).as_posix()) if p)
+        client.upload_file(str(path), bucket, key, Config=transfer)
+
+    with ThreadPoolExecutor(max_workers=cfg.max_concurrency) as pool:
+        list(pool.map(send, files))
 
 
 def materialize_dir(uri: str, cache_dir: str | Path, cfg: StorageConfig | None = None) -> Path:

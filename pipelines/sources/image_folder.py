@@ -14,8 +14,9 @@ Splits: with ``split`` set, every image is in it; otherwise images under a
 sub-folder named like one of ``splits`` (``train/``, ``val/``, ``test/``) are in
 that split and the rest in ``train``.
 
-Detection runs in the reader, on the driver (CPU or the GPU of the detector's
-``device``), batched; the crops and encoding run on the Ray Data workers.
+Detection runs in the reader, inside the job's read tasks on the workers (CPU or
+the GPU of the detector's ``device``), batched; each task takes every k-th image of
+the listing (its ``part``). The crops and encoding run in the transform.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pyarrow.fs as pafs
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext, dataset_name
-from pipelines.sources.items import Item, reject_item, row_item
+from pipelines.sources.items import Item, in_part, owns_shared, reject_item, row_item
 from posegpt.crops import ImageError, ImageLimits, decode_image
 from posegpt.detect import DetectorConfig, PersonDetector
 from posegpt.storage import arrow_filesystem
@@ -72,23 +73,27 @@ def split_of(rel: str, source: SourceConfig) -> str:
     return top if top in source.splits else "train"
 
 
-def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``person_crop`` items: the people found in every image of the folder, image by image, best score first."""
+def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``person_crop`` items: the people found in every image of the folder (or of ``part``'s share),
+    image by image, best score first."""
     dataset = dataset_name(name, source)
     folder = ctx.path(source.path)
     if not ctx.is_dir(folder):
-        yield reject_item(name, dataset, folder, f"image_folder: {folder} is not a folder")
+        if owns_shared(part):
+            yield reject_item(name, dataset, folder, f"image_folder: {folder} is not a folder")
         return
     det_cfg = source.detector
-    detector = detector_for(det_cfg)
     limits = ImageLimits()
-    rels = list_images(folder, ctx)
-    if not rels:
-        yield reject_item(
-            name, dataset, folder, f"image_folder: no {'/'.join(IMAGE_SUFFIXES)} files under {folder}"
-        )
+    listed = list_images(folder, ctx)
+    if not listed:
+        if owns_shared(part):
+            yield reject_item(
+                name, dataset, folder, f"image_folder: no {'/'.join(IMAGE_SUFFIXES)} files under {folder}"
+            )
         return
+    rels = [rel for k, rel in enumerate(listed) if in_part(part, k)]
     weights = PurePosixPath(str(det_cfg.weights)).name
+    detector = detector_for(det_cfg) if rels else None
     for start in range(0, len(rels), det_cfg.batch_size):
         decoded: list[tuple[str, str, np.ndarray]] = []
         for rel in rels[start : start + det_cfg.batch_size]:
@@ -101,6 +106,7 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
                 )
                 continue
             decoded.append((uri, rel, pixels))
+        assert detector is not None
         found = detector.detect([pixels for _, _, pixels in decoded])
         for (uri, rel, pixels), boxes in zip(decoded, found, strict=True):
             height, width = pixels.shape[:2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from pipelines.prepare_config import SourceConfig
+from pipelines.sources.safe_pickle import UnsafePickleError, restricted_load
 from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, join
 
 NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
@@ -79,12 +81,61 @@ class ReadContext:
 
     def read_npz(self, uri: str) -> dict[str, np.ndarray]:
         """Every array of an npz (loaded now, so a truncated archive fails here, naming the file)."""
-        data = self.read(uri)
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except NPZ_ERRORS as exc:
-            raise RawFileError(f"{uri} is not a readable npz archive ({type(exc).__name__}: {exc})") from exc
+        return load_npz(self.read(uri), uri)
+
+
+def _read_member(member: Any) -> np.ndarray:
+    version = np.lib.format.read_magic(member)
+    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = header(member)
+    if not dtype.hasobject:
+        array = np.frombuffer(member.read(), dtype=dtype)
+        count = int(np.prod(shape))
+        if array.size != count:
+            raise ValueError(f"expected {count} values of {dtype}, found {array.size}")
+        return array.reshape(shape, order="F" if fortran else "C")
+    # numpy stores an object array as one pickle of the array: read it without running code.
+    array = restricted_load(member)
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"object member holds a {type(array).__name__}, not an array")
+    return array
+
+
+def load_npz(data: bytes, uri: str) -> dict[str, np.ndarray]:
+    """The arrays of an npz archive; object arrays through the restricted unpickler.
+
+    RawFileError naming the file (and member) for a truncated or corrupt archive or
+    a pickle that refers to anything but numpy data.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    name = ""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as member:
+                    arrays[name.removesuffix(".npy")] = _read_member(member)
+    except UnsafePickleError as exc:
+        raise RawFileError(f"{uri}: member {name} refused: {exc}") from exc
+    except (*NPZ_ERRORS, pickle.UnpicklingError) as exc:
+        raise RawFileError(f"{uri} is not a readable npz archive ({type(exc).__name__}: {exc})") from exc
+    return arrays
+
+
+def npz_length(uri: str, storage: StorageConfig, key: str = "imgname") -> int | None:
+    """Rows of one array of an npz, from its header alone (the archive's directory + a few bytes)."""
+    fs, path = arrow_filesystem(uri, storage)
+    try:
+        with fs.open_input_file(path) as f, zipfile.ZipFile(f) as archive, archive.open(f"{key}.npy") as m:
+            version = np.lib.format.read_magic(m)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape = read(m)[0]
+    except (*NPZ_ERRORS, FileNotFoundError):
+        return None
+    return int(shape[0]) if shape else None
 
 
 def dataset_name(name: str, source: SourceConfig) -> str:

@@ -85,3 +85,13 @@ def reject_item(
         "reject": reason,
         "meta": meta or {},
     }
+
+
+def in_part(part: dict[str, Any] | None, index: int) -> bool:
+    """Whether entry ``index`` of a source belongs to ``part`` (``{"stride": k, "offset": j}``: every k-th)."""
+    return part is None or index % int(part["stride"]) == int(part["offset"])
+
+
+def owns_shared(part: dict[str, Any] | None) -> bool:
+    """Whether ``part`` reports what concerns the whole source (a missing file, a caption of an unknown id)."""
+    return part is None or int(part.get("offset", 0)) == 0

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
-from pipelines.sources.items import Item, reject_item, row_item
+from pipelines.sources.items import Item, in_part, owns_shared, reject_item, row_item
 from posegpt.templates import vqa_conversation
 
 
-def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``vqa`` items of one LLaVA JSON file, in file order."""
+def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``vqa`` items of one LLaVA JSON file (or of the entries of ``part``), in file order."""
     dataset = dataset_name(name, source)
     uri = ctx.path(source.path)
     split = source.split or "train"
@@ -27,9 +27,12 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
         if not isinstance(entries, list):
             raise RawFileError(f"{uri}: expected a JSON list of conversations")
     except (RawFileError, FileNotFoundError) as exc:
-        yield reject_item(name, dataset, uri, f"LLaVA: {exc}")
+        if owns_shared(part):
+            yield reject_item(name, dataset, uri, f"LLaVA: {exc}")
         return
     for i, entry in enumerate(entries):
+        if not in_part(part, i):
+            continue
         if not isinstance(entry, dict) or "id" not in entry:
             yield reject_item(name, dataset, uri, f"entry {i} of {uri} is not an object with an 'id'")
             continue

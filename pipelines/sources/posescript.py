@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.amass import AmassFiles
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
-from pipelines.sources.items import Item, as_floats, reject_item, row_item
+from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
 from posegpt.templates import stable_hash
 
 
@@ -130,8 +130,13 @@ def choose_captions(
     return [pool[rng.randrange(len(pool))]]
 
 
-def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``text2pose`` items of one PoseScript folder, split by split, ids in the split files' order."""
+def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``text2pose`` items of one PoseScript folder, split by split, ids in the split files' order.
+
+    With ``part``, only its share of the split lists (every k-th id); problems of the
+    release's shared files (ids, caption files) are reported by the part with offset 0.
+    """
+    shared = owns_shared(part)
     dataset = dataset_name(name, source)
     folder = ctx.path(source.path)
     try:
@@ -139,7 +144,8 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
         ids_uri = ctx.path(layout.ids_file, folder)
         ids = read_ids(ctx, ids_uri)
     except (RawFileError, FileNotFoundError) as exc:
-        yield reject_item(name, dataset, folder, f"PoseScript: {exc}")
+        if shared:
+            yield reject_item(name, dataset, folder, f"PoseScript: {exc}")
         return
 
     human: dict[int, list[str]] = defaultdict(list)
@@ -153,10 +159,13 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
             try:
                 captions = read_captions(ctx, uri)
             except RawFileError as exc:
-                yield reject_item(name, dataset, uri, str(exc))
+                if shared:
+                    yield reject_item(name, dataset, uri, str(exc))
                 continue
             for pid, texts in captions.items():
                 if pid not in ids:
+                    if not shared:
+                        continue
                     yield reject_item(
                         name,
                         dataset,
@@ -178,7 +187,9 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
                 raise RawFileError(f"{uri}: expected a JSON list of pose ids")
             split_ids.extend((split, uri, int(pid)) for pid in listed)
         except (RawFileError, FileNotFoundError, TypeError, ValueError) as exc:
-            yield reject_item(name, dataset, uri, f"PoseScript split file: {exc}")
+            if shared:
+                yield reject_item(name, dataset, uri, f"PoseScript split file: {exc}")
+    split_ids = [entry for k, entry in enumerate(split_ids) if in_part(part, k)]
 
     amass = AmassFiles(ctx, source.amass_root, keep=1)
     poses = load_poses(amass, {pid: ids[pid] for _, _, pid in split_ids if pid in ids})

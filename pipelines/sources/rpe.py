@@ -14,14 +14,15 @@ from collections.abc import Iterator
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
-from pipelines.sources.items import Item, as_floats, reject_item, row_item
+from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
 
 
-def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``rpe`` items, split by split, entry by entry, description types in the entry's order."""
+def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``rpe`` items, split by split, entry by entry (those of ``part``), description types in order."""
     dataset = dataset_name(name, source)
     folder = ctx.path(source.path)
     image_root = ctx.path(source.image_root) if source.image_root else folder
+    index = -1
     for split in source.splits:
         uri = ctx.path(f"rpe_{split}.json", folder)
         try:
@@ -29,9 +30,13 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
             if not isinstance(entries, list):
                 raise RawFileError(f"{uri}: expected a JSON list")
         except (RawFileError, FileNotFoundError) as exc:
-            yield reject_item(name, dataset, uri, f"rpe: {exc}")
+            if owns_shared(part):
+                yield reject_item(name, dataset, uri, f"rpe: {exc}")
             continue
         for i, entry in enumerate(entries):
+            index += 1
+            if not in_part(part, index):
+                continue
             try:
                 person = entry["person"]
                 descriptions = entry["descriptions"]

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.amass import AmassFiles
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
-from pipelines.sources.items import Item, as_floats, reject_item, row_item
+from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
 from pipelines.sources.posescript import detect_layout, load_poses, read_ids
 
 
-def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``spg`` items, split by split, in file order."""
+def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``spg`` items, split by split, in file order (the entries of ``part``)."""
     dataset = dataset_name(name, source)
     folder = ctx.path(source.path)
     ps_folder = ctx.path(source.posescript)
@@ -27,7 +27,8 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
         ids_uri = ctx.path(layout.ids_file, ps_folder)
         ids = read_ids(ctx, ids_uri)
     except (RawFileError, FileNotFoundError) as exc:
-        yield reject_item(name, dataset, ps_folder, f"spg: PoseScript ids: {exc}")
+        if owns_shared(part):
+            yield reject_item(name, dataset, ps_folder, f"spg: PoseScript ids: {exc}")
         return
     entries: list[tuple[str, str, int, dict]] = []
     for split in source.splits:
@@ -37,9 +38,11 @@ def read(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
             if not isinstance(data, list):
                 raise RawFileError(f"{uri}: expected a JSON list")
         except (RawFileError, FileNotFoundError) as exc:
-            yield reject_item(name, dataset, uri, f"spg: {exc}")
+            if owns_shared(part):
+                yield reject_item(name, dataset, uri, f"spg: {exc}")
             continue
         entries.extend((split, uri, i, e) for i, e in enumerate(data))
+    entries = [e for k, e in enumerate(entries) if in_part(part, k)]
     wanted = {}
     for _, _, _, e in entries:
         try:

@@ -6,6 +6,14 @@ SPIN npz: ``imgname``, ``center`` (N,2), ``scale`` (N,) = box side / 200, ``pose
 (N,72), ``has_body_pose``, ``betas``, ``has_betas``. Poses are in the camera frame
 already. Image paths are relative to ``image_root`` (default: the npz's folder).
 A row without pose ground truth becomes a reject naming the file, row and image.
+
+HMR 2.0's loader quirks are kept: image names stored as byte strings are decoded
+(UTF-8), and an optional pickled ``extra_info`` object array is read through
+``pipelines.sources.safe_pickle`` (a pickle that refers to anything but numpy data
+rejects the file, and nothing of it runs); its plain scalar entries go to ``meta``.
+
+The job reads a file in row ranges (``plan``: one part per ``rows_per_part`` rows,
+counted from the ``imgname`` header alone), each range in its own Ray task.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from pipelines.prepare_config import SourceConfig
-from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name, resolve
+from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name, npz_length, resolve
 from pipelines.sources.items import Item, as_floats, reject_item, row_item
 from posegpt.skeleton import NUM_BETAS, POSE_DIM
 
@@ -66,35 +74,69 @@ def box_size(scale: np.ndarray, unit: float) -> float:
     return float(values.max()) * unit
 
 
+def image_name(value: object) -> str:
+    """An ``imgname`` entry as text (HMR 2.0 stores some as byte strings)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def plain_extra(value: object) -> dict[str, object] | None:
+    """The JSON-able scalar entries of one ``extra_info`` dict (arrays and nested objects left out)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, object] = {}
+    for key, item in value.items():
+        if isinstance(item, np.generic):
+            item = item.item()
+        if isinstance(item, (bool, int, float, str)):
+            out[str(key)] = item
+    return out
+
+
 def read_npz_rows(
-    name: str, source: SourceConfig, ctx: ReadContext, fmt: NpzFormat, uri: str, split: str
+    name: str,
+    source: SourceConfig,
+    ctx: ReadContext,
+    fmt: NpzFormat,
+    uri: str,
+    split: str,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[Item]:
     dataset = dataset_name(name, source)
+    # A problem with the whole file is reported once, by the part that starts at row 0.
+    owns_file = rows is None or rows[0] == 0
     try:
         arrays = ctx.read_npz(uri)
         for key in ("imgname", "center", "scale", fmt.pose_key):
             if key not in arrays:
                 raise RawFileError(f"{uri} has no {key!r} array (keys: {sorted(arrays)})")
     except (RawFileError, FileNotFoundError) as exc:
-        yield reject_item(name, dataset, uri, f"{fmt.name} npz: {exc}")
+        if owns_file:
+            yield reject_item(name, dataset, uri, f"{fmt.name} npz: {exc}")
         return
     names = arrays["imgname"]
     n = len(names)
     lengths = {k: len(arrays[k]) for k in ("center", "scale", fmt.pose_key) if arrays[k].ndim > 0}
     if any(v != n for v in lengths.values()):
-        yield reject_item(
-            name, dataset, uri, f"{uri}: arrays have different lengths ({lengths}, imgname {n})"
-        )
+        if owns_file:
+            yield reject_item(
+                name, dataset, uri, f"{uri}: arrays have different lengths ({lengths}, imgname {n})"
+            )
         return
     has_pose = arrays.get(fmt.has_pose_key)
     betas = arrays.get(fmt.betas_key)
     has_betas = arrays.get(fmt.has_betas_key) if fmt.has_betas_key else None
+    extra = arrays.get("extra_info")
     image_root = ctx.path(source.image_root) if source.image_root else parent(uri)
-    for i in range(n):
-        imgname = str(names[i])
+    first, stop = rows if rows is not None else (0, n)
+    for i in range(first, min(stop, n)):
+        imgname = image_name(names[i])
         sid = f"{dataset}:{name}/{imgname}:{i}"
         center = np.asarray(arrays["center"][i], dtype=np.float64).reshape(-1)
-        meta = {"file": uri, "index": i, "imgname": imgname, "format": fmt.name}
+        meta: dict[str, object] = {"file": uri, "index": i, "imgname": imgname, "format": fmt.name}
+        if extra is not None and extra.ndim == 1 and len(extra) == n:
+            info = plain_extra(extra[i])
+            if info:
+                meta["extra_info"] = info
         if has_pose is not None and not float(np.asarray(has_pose[i]).reshape(-1)[0]) > 0:
             yield reject_item(
                 name,
@@ -146,16 +188,40 @@ def read_npz_rows(
         )
 
 
-def read_format(fmt: NpzFormat, name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
+def plan(name: str, source: SourceConfig, ctx: ReadContext, rows_per_part: int) -> list[dict]:
+    """Parts of the job: ``{"file", "split", "rows": [first, stop]}`` per range of each npz file.
+
+    A file whose header cannot be read is one part without a range (its reader rejects it, naming why).
+    """
+    parts: list[dict] = []
+    for uri, split in npz_files(source, ctx):
+        n = npz_length(uri, ctx.storage)
+        if n is None:
+            parts.append({"file": uri, "split": split, "rows": None})
+            continue
+        for first in range(0, max(n, 1), rows_per_part):
+            parts.append({"file": uri, "split": split, "rows": [first, min(first + rows_per_part, n)]})
+    return parts
+
+
+def read_format(
+    fmt: NpzFormat, name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None
+) -> Iterator[Item]:
+    if part is not None:
+        rows = part.get("rows")
+        yield from read_npz_rows(
+            name, source, ctx, fmt, part["file"], part["split"], tuple(rows) if rows else None
+        )
+        return
     for uri, split in npz_files(source, ctx):
         yield from read_npz_rows(name, source, ctx, fmt, uri, split)
 
 
-def read_spin(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``image2pose`` items of SPIN-style npz files."""
-    return read_format(SPIN, name, source, ctx)
+def read_spin(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``image2pose`` items of SPIN-style npz files (all, or one part of ``plan``)."""
+    return read_format(SPIN, name, source, ctx, part)
 
 
-def read_hmr2(name: str, source: SourceConfig, ctx: ReadContext) -> Iterator[Item]:
-    """``image2pose`` items of HMR2-style npz files."""
-    return read_format(HMR2, name, source, ctx)
+def read_hmr2(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:
+    """``image2pose`` items of HMR2-style npz files (all, or one part of ``plan``)."""
+    return read_format(HMR2, name, source, ctx, part)

@@ -210,7 +210,6 @@ def test_ray_job_submit_on_the_synthetic_world(
         "configs/prepare/synthetic.yaml",
         f"raw_root={synthetic_world}",
         f"out={out}",
-        "chunk_items=700",
         "progress_bars=false",
     ]
     for _ in range(30):

@@ -112,3 +112,54 @@ def hmr2_npz(path: Path, imgnames: list[str], centers, scales, poses, has_pose, 
         has_betas=np.asarray(has_betas, dtype=np.float64),
     )
     return path
+
+
+def hmr2_person(center, scale, pose, has_pose: float = 1.0, betas=None, has_betas: float = 1.0) -> dict:
+    """One person of an HMR 2.0 ``data.pyd`` as 4D-Humans stores it (scale in units of 200 pixels)."""
+    return {
+        "center": np.asarray(center, dtype=np.float32),
+        "scale": np.asarray(scale, dtype=np.float32),
+        "body_pose": np.asarray(pose, dtype=np.float32),
+        "has_body_pose": np.asarray(has_pose, dtype=np.float32),
+        "betas": np.asarray(betas if betas is not None else np.zeros(10), dtype=np.float32),
+        "has_betas": np.asarray(has_betas, dtype=np.float32),
+        "keypoints_2d": np.zeros((44, 3), dtype=np.float32),
+        "keypoints_3d": np.zeros((44, 4), dtype=np.float32),
+        "extra_info": {"fitting_loss": np.array({}), "detection_npz_idx": 0},
+    }
+
+
+def hmr2_tar(path: Path, samples: list[tuple[str, dict[str, object]]]) -> Path:
+    """A webdataset shard as 4D-Humans' TarWriter writes it: for each (key, members), ``<key>.<ext>``
+    in order; ``data.pyd`` values are pickled (a list of person dicts), bytes are written as they are."""
+    import pickle
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, value in members.items():
+                data = value if isinstance(value, bytes) else pickle.dumps(value)
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 80)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Hostile:
+    """Unpickling this creates ``marker`` (what an attacker's pickle would do with a worse call)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
