@@ -24,6 +24,8 @@ PINS = {
     if "==" in dep
 }
 IMAGE = "ghcr.io/posegpt-ray/posegpt-ray"
+MLFLOW_IMAGE = "ghcr.io/posegpt-ray/posegpt-mlflow"
+DOCKERFILES = (INFRA / "docker" / "Dockerfile", INFRA / "mlflow" / "Dockerfile")
 
 
 def manifest_docs() -> list[tuple[Path, dict]]:
@@ -63,9 +65,10 @@ def test_every_image_tag_agrees_with_the_project_version() -> None:
     images = [(p, v) for p, d in manifest_docs() for k, v in walk(d) if k == "image"]
     assert images, "no image fields found"
     for path, image in images:
-        assert image == f"{IMAGE}:{VERSION}", f"{path}: image {image} does not match version {VERSION}"
-    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
-    assert f"ARG POSEGPT_VERSION={VERSION}" in dockerfile
+        expected = MLFLOW_IMAGE if path.parent.name == "mlflow" else IMAGE
+        assert image == f"{expected}:{VERSION}", f"{path}: image {image} does not match version {VERSION}"
+    for dockerfile in DOCKERFILES:
+        assert f"ARG POSEGPT_VERSION={VERSION}" in dockerfile.read_text(), dockerfile
 
 
 def test_ray_version_of_the_clusters_is_the_pinned_one() -> None:
@@ -93,14 +96,42 @@ def test_dockerfile_installs_the_pinned_versions() -> None:
     assert python and PYPROJECT["project"]["requires-python"] == f">={python.group(1)},<3.12"
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     exe = Path(sys.executable).parent / "hadolint"
     result = subprocess.run(
-        [str(exe), "-c", str(INFRA / "docker" / ".hadolint.yaml"), str(INFRA / "docker" / "Dockerfile")],
+        [str(exe), "-c", str(INFRA / "docker" / ".hadolint.yaml"), str(dockerfile)],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mlflow_image_has_the_pinned_mlflow_and_a_postgresql_driver() -> None:
+    dockerfile = (INFRA / "mlflow" / "Dockerfile").read_text()
+    assert (
+        "grep -i '^mlflow==' requirements.lock" in dockerfile and '"mlflow==${MLFLOW_VERSION}"' in dockerfile
+    )
+    assert re.search(r"ARG PSYCOPG2_VERSION=2\.9\.\d+", dockerfile) and "psycopg2-binary==" in dockerfile
+    assert "import mlflow, boto3, psycopg2" in dockerfile, "the build checks that the drivers import"
+
+
+def test_mlflow_server_allows_the_host_names_the_jobs_use() -> None:
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    deployment = next(
+        d for p, d in manifest_docs() if p.parent.name == "mlflow" and d.get("kind") == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert '--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"' in container["args"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    allowed = [h.strip() for h in env["MLFLOW_ALLOWED_HOSTS"].split(",")]
+    settings = next(d for _, d in manifest_docs() if d.get("kind") == "ConfigMap")["data"]
+    netloc = settings["MLFLOW_TRACKING_URI"].split("://", 1)[1].rstrip("/")
+    # MLflow 3.17's own matcher, on the Host header a job sends (name:port) and a port-forward's.
+    for host in (netloc, netloc.split(":")[0], "127.0.0.1:5000", "localhost:5000"):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "evil.example.com:5000")
 
 
 def test_aws_cluster_config_matches_rays_schema() -> None:
@@ -112,6 +143,37 @@ def test_aws_cluster_config_matches_rays_schema() -> None:
     jsonschema.validate(config, schema)
     assert config["available_node_types"]["a100"]["node_config"]["InstanceType"].startswith("p4d")
     assert "IamInstanceProfile" in config["available_node_types"]["a100"]["node_config"]
+
+
+def test_aws_nodes_name_their_ami_and_the_head_may_launch_workers() -> None:
+    config = yaml.safe_load((INFRA / "aws" / "cluster.yaml").read_text())
+    nodes = config["available_node_types"]
+    for name, node in nodes.items():
+        image = node["node_config"].get("ImageId", "")
+        # Without ImageId Ray picks its default Deep Learning AMI (Ubuntu 18.04, a driver older than CUDA 13).
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}|resolve:ssm:/aws/service/deeplearning/ami/\S+", image), name
+    head = nodes[config["head_node_type"]]["node_config"]["IamInstanceProfile"]["Name"]
+    workers = {
+        n["node_config"]["IamInstanceProfile"]["Name"]
+        for k, n in nodes.items()
+        if k != config["head_node_type"]
+    }
+    assert head not in workers
+    policy = json.loads((INFRA / "aws" / f"{head.rsplit('-', 1)[1]}-policy.json").read_text())
+    granted: dict[str, list[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        resources = (
+            statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        )
+        for action in statement["Action"]:
+            granted.setdefault(action, []).extend(resources)
+    for action in ("ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances"):
+        assert action in granted, f"the head's autoscaler needs {action}"
+    (worker,) = workers
+    assert any(r.endswith(f":role/{worker}") for r in granted["iam:PassRole"]), (
+        "the head passes the workers' role"
+    )
 
 
 def test_kuberay_manifests_are_generated_from_their_sources() -> None:
@@ -135,19 +197,26 @@ def test_rayjobs_shut_down_and_use_no_inline_credentials() -> None:
         assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*:\s*\S", text), f"{path} holds an inline credential"
         if doc.get("kind") == "Secret":
             pytest.fail(f"{path}: Secrets are created with kubectl, not committed")
-    workers = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())["spec"]["workerGroupSpecs"][
-        0
-    ]
-    assert workers["minReplicas"] == 0
+    groups = {
+        g["groupName"]: g
+        for g in yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())["spec"][
+            "workerGroupSpecs"
+        ]
+    }
+    assert all(g["minReplicas"] == 0 for g in groups.values()), "worker groups autoscale from 0"
+    workers = groups["a100"]
     container = workers["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["tolerations"] and workers["template"]["spec"]["nodeSelector"]
+    assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
 
 
 def _entrypoints() -> list[list[str]]:
+    """Each RayJob's ``python`` argv: the entrypoint is ``bash -uc 'exec python ...'`` (generate.py)."""
     out = []
     for path in sorted((INFRA / "kuberay").glob("rayjob-*.yaml")):
-        out.append(shlex.split(yaml.safe_load(path.read_text())["spec"]["entrypoint"]))
+        outer = shlex.split(yaml.safe_load(path.read_text())["spec"]["entrypoint"])
+        out.append(shlex.split(outer[2])[1:])
     return out
 
 
@@ -162,11 +231,17 @@ def test_rayjob_entrypoints_exist_answer_help_and_accept_their_overrides(argv: l
         [sys.executable, str(script), "--help"], capture_output=True, text=True, env=env, cwd=REPO
     )
     assert result.returncode == 0 and "usage" in result.stdout.lower(), result.stderr[-2000:]
-    # Every override names a real key of the job's config: values from the ConfigMap are filled in.
+    # Every override names a real key of the job's config and its value, the ConfigMap's filled in, parses.
     from jobs.config_reference import job_config_classes
 
     classes = dict(job_config_classes())
     from posegpt.config import load_config
 
-    overrides = [o.split("=", 1)[0] + "=" + "s3://bucket/x" for o in local[3:]]
-    load_config(classes[local[0]], config, overrides)
+    settings = next(d for _, d in manifest_docs() if d.get("kind") == "ConfigMap")["data"]
+    overrides = []
+    for override in local[3:]:
+        for key, value in sorted(settings.items(), key=lambda kv: -len(kv[0])):
+            override = override.replace(f"${key}", value)
+        overrides.append(override)
+    cfg = load_config(classes[local[0]], config, overrides)
+    assert cfg.tracking.tracking_uri == settings["MLFLOW_TRACKING_URI"]
