@@ -3,8 +3,11 @@
 ``crop_box`` is the one crop function of the project: the prepare job makes the
 ``image2pose`` training crops with it, and the detector (``posegpt.detect``) crops
 whole photos with it at inference, so the model sees the same kind of input.
-``decode_image`` is the only way untrusted image bytes are decoded: it checks the
-byte size and the pixel count (read from the header) before decoding.
+``decode_image`` is the only way untrusted image bytes are decoded (the prepare job,
+the model's image input and the service all go through it): it checks the byte size,
+the pixel count, each side and the aspect ratio, all read from the header, before
+any pixel is decoded. With ``limits`` ``L``, decoding one image allocates at most
+about ``DECODE_BYTES_PER_PIXEL × L.max_pixels`` bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ class ImageError(ValueError):
     """An image that cannot be used: it does not decode, or it breaks a limit. The message names the image."""
 
 
+class ImageLimitError(ImageError):
+    """An image over one of ``ImageLimits``: ``limit`` names the field, with the image's ``value``."""
+
+    def __init__(
+        self, message: str, *, limit: str, value: float, maximum: float, width: int = 0, height: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+        self.width = width
+        self.height = height
+
+
 @dataclass
 class ImageLimits:
     """Limits on untrusted images, checked before they are decoded."""
@@ -37,6 +54,23 @@ class ImageLimits:
     """Largest encoded image accepted, in bytes."""
     max_pixels: int = 40_000_000
     """Largest width × height accepted (read from the header, so a decompression bomb is never decoded)."""
+    max_side: int = 12_000
+    """Longest width or height accepted, in pixels."""
+    max_aspect_ratio: float = 10.0
+    """Largest long side / short side accepted: a 1 × 16,000,000 strip is no photo, and squaring it
+    for the vision tower would cost the long side squared."""
+
+    def validate(self, where: str = "image_limits") -> None:
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.max_side < 1 or self.max_aspect_ratio < 1:
+            raise ValueError(
+                f"{where}: max_bytes, max_pixels and max_side must be >= 1 and max_aspect_ratio >= 1, got "
+                f"{self.max_bytes}, {self.max_pixels}, {self.max_side}, {self.max_aspect_ratio}"
+            )
+
+
+DECODE_BYTES_PER_PIXEL = 8
+"""Bound on the bytes ``decode_image`` allocates per pixel: the decoded frame (up to 4 bytes, RGBA or
+CMYK) plus its RGB copy (3 bytes), rounded up."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +158,11 @@ def encode_jpeg(image: Any, quality: int = 90) -> bytes:
 def image_info(data: bytes, limits: ImageLimits, name: str) -> ImageInfo:
     """Format and size from the header alone, after the byte-size check; ImageError naming ``name``."""
     if len(data) > limits.max_bytes:
-        raise ImageError(
-            f"{name}: image is {len(data)} bytes, over the limit of {limits.max_bytes} (image_limits.max_bytes)"
+        raise ImageLimitError(
+            f"{name}: image is {len(data)} bytes, over the limit of {limits.max_bytes} (image_limits.max_bytes)",
+            limit="max_bytes",
+            value=len(data),
+            maximum=limits.max_bytes,
         )
     if not data:
         raise ImageError(f"{name}: image is empty (0 bytes)")
@@ -140,12 +177,34 @@ def image_info(data: bytes, limits: ImageLimits, name: str) -> ImageInfo:
         ) from exc
     except Exception as exc:  # PIL raises many types for unreadable headers
         raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    if width * height > limits.max_pixels:
-        raise ImageError(
-            f"{name}: image is {width}×{height} = {width * height} pixels, over the limit of "
-            f"{limits.max_pixels} (image_limits.max_pixels)"
-        )
+    check_shape(int(width), int(height), limits, name)
     return ImageInfo(fmt, int(width), int(height))
+
+
+def check_shape(width: int, height: int, limits: ImageLimits, name: str) -> None:
+    """ImageError unless a ``width`` × ``height`` image is within ``limits``' pixels, sides and aspect ratio."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image is {width}×{height} pixels: empty")
+    long, short = max(width, height), min(width, height)
+    for limit, value, maximum, what in (
+        ("max_pixels", width * height, limits.max_pixels, f"= {width * height} pixels"),
+        ("max_side", long, limits.max_side, f"pixels; its long side ({long}) is"),
+        (
+            "max_aspect_ratio",
+            long / short,
+            limits.max_aspect_ratio,
+            f"pixels, an aspect ratio of {long / short:.1f},",
+        ),
+    ):
+        if value > maximum:
+            raise ImageLimitError(
+                f"{name}: image is {width}×{height} {what} over the limit of {maximum:g} (image_limits.{limit})",
+                limit=limit,
+                value=value,
+                maximum=maximum,
+                width=width,
+                height=height,
+            )
 
 
 def image_size(data: bytes, limits: ImageLimits, name: str) -> tuple[int, int]:
@@ -154,23 +213,30 @@ def image_size(data: bytes, limits: ImageLimits, name: str) -> tuple[int, int]:
     return info.width, info.height
 
 
-def decode_image(data: bytes, limits: ImageLimits, name: str) -> np.ndarray:
-    """Decode untrusted image bytes to (H, W, 3) uint8 RGB, checking ``limits`` before decoding.
+def decode_pil(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
+    """Decode untrusted image bytes to an RGB ``PIL.Image``, checking ``limits`` before decoding.
 
     Raises ImageError (a ValueError) naming ``name`` (a file path or sample id) and
     the limit or the decoder's complaint: a truncated or corrupt file is an error,
     not a grey-bottomed image (PIL's lenient truncated-image mode is not used).
     """
-    image_info(data, limits, name)
+    info = image_info(data, limits, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(bytes(data))) as img:
+                # A multi-frame file or a header rewritten after open could differ from what was checked.
+                if img.size != (info.width, info.height):
+                    raise ValueError(f"decoder size {img.size} differs from the header's")
                 img.load()
-                rgb = img.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
+                return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ImportError (plugins), ...
         raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_image(data: bytes, limits: ImageLimits, name: str) -> np.ndarray:
+    """Decode untrusted image bytes to (H, W, 3) uint8 RGB (``decode_pil``, as an array)."""
+    return np.asarray(decode_pil(data, limits, name), dtype=np.uint8)
 
 
 def stored_image_bytes(data: bytes, limits: ImageLimits, name: str, quality: int = 90) -> bytes:

@@ -5,9 +5,10 @@
     serve deploy serve/config.yaml                                        # cluster (autoscaling etc.)
 
 Args are ``ServeConfig`` fields (dotted keys for sections, ``config=preset.yaml``
-for a YAML preset); see ``serve/settings.py``. The builder binds two deployments:
-``PoseModel`` (one PoseGPT per replica, batched decoding) and ``PoseIngress``
-(HTTP routes and the web page), each with the Serve options of its section.
+for a YAML preset); see ``serve/settings.py``. The builder binds three deployments:
+``PoseModel`` (one PoseGPT per replica, batched decoding), ``PersonDetector`` (the
+person detector of ``detect: true`` requests) and ``PoseIngress`` (HTTP routes and the
+web page), each with the Serve options of its section.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from ray.serve import Application
 
 from posegpt.config import to_dict
+from serve.detector import PersonDetectorDeployment
 from serve.ingress import PoseIngress
 from serve.model import PoseModel
 from serve.settings import ServeConfig, config_from_args
@@ -29,7 +31,8 @@ def build(cfg: ServeConfig) -> Application:
     model = PoseModel.options(user_config=asdict(cfg.batching), **cfg.model.deployment_options()).bind(
         settings
     )
-    return PoseIngress.options(**cfg.ingress.deployment_options()).bind(model, settings)
+    detector = PersonDetectorDeployment.options(**cfg.detector_deployment.deployment_options()).bind(settings)
+    return PoseIngress.options(**cfg.ingress.deployment_options()).bind(model, detector, settings)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -14,6 +14,9 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 REQUEST_ID_HEADER = "x-request-id"
+CLOSE = {"Connection": "close"}
+"""Sent with refusals made before a request's body is read: the HTTP server then closes the
+connection instead of reading (and discarding) the rest of an unwanted body."""
 
 
 def request_id_from_scope(scope: Scope) -> str:
@@ -33,7 +36,8 @@ def error_response(
     headers: dict[str, str] | None = None,
     **fields: Any,
 ) -> JSONResponse:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # A message may quote the request (a field name); a lone surrogate there would fail the JSON encoding.
+    error: dict[str, Any] = {"code": code, "message": message.encode("utf-8", "backslashreplace").decode()}
     error.update({k: v for k, v in fields.items() if v is not None})
     return JSONResponse({"error": error, "request_id": request_id}, status_code=status, headers=headers)
 
@@ -56,4 +60,4 @@ async def asgi_error(
     await response(scope, receive, send)
 
 
-__all__ = ["REQUEST_ID_HEADER", "asgi_error", "error_response", "request_id_from_scope"]
+__all__ = ["CLOSE", "REQUEST_ID_HEADER", "asgi_error", "error_response", "request_id_from_scope"]

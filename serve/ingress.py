@@ -7,13 +7,20 @@ Routes (relative to the application's route prefix):
   a separate call to the model deployment, so they spread over replicas and batches.
 * ``GET /v1/poses/{id}/mesh.obj`` / ``mesh.png``: the body of a recent answer.
 * ``GET /v1/body``: faces and body parts shared by every mesh (for the page's viewer).
-* ``GET /healthz``: 200 once a model replica answers, 503 before (open without the key).
+* ``POST /v1/chat/completions``, ``GET /v1/models``: the OpenAI chat API (``serve/openai_api.py``).
+* ``GET /healthz``: 200 once a model replica answers, 503 before (open without the key;
+  model details only for callers with the key).
+* ``GET /``: the web page; ``/static/*`` its script and style; ``/docs`` the OpenAPI page;
+  ``/login`` the sign-in form that gives a browser a session cookie when a key is set.
 
-With ``detect: true`` (chat or a pose query) and an image, the ingress finds the people
-with the configured person detector (``posegpt.detect``, in a worker thread), crops each
-like the prepare job does, asks the model once per crop, and answers with one entry
-per person (box, text, poses).
-* ``GET /``: the web page; ``/static/*`` its script and style; ``/docs`` the OpenAPI page.
+With ``detect: true`` (chat or a pose query) and an image, the ingress asks the
+``PersonDetector`` deployment (``serve/detector.py``) for the people and their crops,
+asks the model once per crop, and answers with one entry per person (box, text, poses).
+
+Everything that can be checked is checked here, before any model batch: sizes,
+Unicode, the conversation's shape, and each image (type, header, and one bounded
+decode, in a worker thread so the event loop keeps serving). A request makes at most
+``limits.max_model_calls`` model queries (queries × detected people).
 
 The FastAPI app is built per replica (``__serve_build_asgi_app__``), after the
 constructor has read the API key, so the key middleware is part of the app from
@@ -29,11 +36,12 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -42,14 +50,20 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from posegpt.config import from_dict
-from serve.auth import BearerKeyMiddleware, load_api_key
+from posegpt.model.conversation import normalize_messages
+from posegpt.storage import is_s3
+from serve import openai_api
+from serve.auth import PAGES, SESSION_COOKIE, SESSION_TTL_S, BearerKeyMiddleware, load_api_key, session_token
+from serve.auth import key_matches as _key_matches
 from serve.errors import error_response, request_id_from_scope
 from serve.limits import (
-    BodySizeLimitMiddleware,
+    BodyGuardMiddleware,
     RequestRejected,
     check_at_most,
     check_texts,
     decode_inline_image,
+    over_limit,
+    verify_image,
 )
 from serve.mesh_cache import CachedBody, MeshCache
 from serve.schemas import (
@@ -80,6 +94,12 @@ PAGE_CSP = (
 """The page may load nothing from outside the service."""
 
 HEALTH_TIMEOUT_S = 2.0
+MIN_SAMPLING_TEMPERATURE = 1e-3
+"""Temperatures in (0, this) decode greedily: sampling's limit as the temperature goes to 0, and
+dividing logits by 1e-40 would overflow float32 to inf (then NaN probabilities)."""
+LOGIN_CSP = (
+    "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class ModelFailure(Exception):
@@ -94,11 +114,27 @@ def _severity(exc: BaseException) -> int:
     return 1
 
 
-class _CatchAll:
-    """Answers an unexpected exception with a JSON 500 carrying the request id, logged once here."""
+def route_template(path: str) -> str:
+    """A path with its mesh id replaced, for metric tags (ids would make one series per answer)."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[1:3] == ["v1", "poses"]:
+        return f"/v1/poses/{{id}}/{parts[4]}"
+    known = ("/", "/v1/chat", "/v1/poses", "/v1/chat/completions", "/v1/models", "/v1/body", "/healthz")
+    if path in known or path in ("/login", "/docs", "/redoc", "/openapi.json") or path.startswith("/static/"):
+        return path
+    return "other"
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _CatchAll:
+    """Answers an unexpected exception with a JSON 500 carrying the request id, logged once here.
+
+    Also puts ``X-Content-Type-Options: nosniff`` on every response (no browser may guess a
+    type for an OBJ, a PNG or an error) and counts responses by route and status.
+    """
+
+    def __init__(self, app: ASGIApp, responses: Any) -> None:
         self.app = app
+        self.responses = responses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,6 +146,15 @@ class _CatchAll:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+                from serve.auth import route_path
+
+                self.responses.inc(
+                    tags={"route": route_template(route_path(scope)), "status": str(message["status"])}
+                )
             await send(message)
 
         try:
@@ -128,13 +173,21 @@ class _CatchAll:
 class PoseIngress:
     """HTTP front of the application; holds a handle to the model deployment."""
 
-    def __init__(self, model: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(self, model: DeploymentHandle, detector: DeploymentHandle, settings: dict[str, Any]) -> None:
+        from ray.serve.metrics import Counter
+
         from posegpt.runtime import setup_environment
 
         cfg = from_dict(ServeConfig, settings)
         setup_environment(cfg.cache_dir)
         self.cfg = cfg
         self.model = model
+        self.detector = detector
+        self.responses = Counter(
+            "posegpt_http_responses_total",
+            description="HTTP responses of the ingress by route and status code.",
+            tag_keys=("route", "status"),
+        )
         # The entry point reads the environment (library code never does): the key's source is configured.
         self.api_key = load_api_key(cfg, os.environ)
         self.cache = MeshCache(cfg.mesh_cache_size)
@@ -143,7 +196,7 @@ class PoseIngress:
         self._topology_lock = asyncio.Lock()
         self._model_seen = False
         self._page = (STATIC_DIR / "index.html").read_text()
-        self.detector, self._detector_error = load_detector(cfg)
+        self._login = (STATIC_DIR / "login.html").read_text()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -155,13 +208,7 @@ class PoseIngress:
         try:
             result = await self.model.answer.remote(query)
         except BackPressureError as exc:
-            retry = exc.retry_after_s
-            raise RequestRejected(
-                exc.status_code,
-                "overloaded",
-                "the model is at capacity; retry shortly",
-                headers={"Retry-After": str(int(np.ceil(retry)))} if retry else {"Retry-After": "1"},
-            ) from exc
+            raise _overloaded(exc) from exc
         except Exception as exc:
             # The replica died or could not be reached: nothing logged it yet.
             logger.exception("request %s: the model call failed", query.get("request_id"))
@@ -187,10 +234,30 @@ class PoseIngress:
         max_new = req.max_new_tokens if req.max_new_tokens is not None else gen.max_new_tokens
         check_at_most("max_new_tokens", max_new, self.cfg.limits, "max_new_tokens")
         temperature = req.temperature if req.temperature is not None else gen.temperature
+        if temperature < MIN_SAMPLING_TEMPERATURE:
+            temperature = 0.0
         return {"max_new_tokens": max_new, "temperature": temperature, "seed": req.seed}
 
-    def _image(self, data: str | None, where: str) -> bytes | None:
-        return None if data is None else decode_inline_image(data, self.cfg.limits, where)
+    def _check_image(self, data: str, where: str) -> bytes:
+        raw = decode_inline_image(data, self.cfg.limits, where)
+        verify_image(raw, self.cfg.limits, where)
+        return raw
+
+    async def _image(self, data: str | None, where: str) -> bytes | None:
+        """Checked image bytes: base64, type, header and one bounded decode, in a worker thread."""
+        return None if data is None else await asyncio.to_thread(self._check_image, data, where)
+
+    @staticmethod
+    def _check_conversation(messages: list[dict[str, str]], has_image: bool, where: str) -> None:
+        """The conversation checks the model makes, made here so a bad one never reaches a batch."""
+        try:
+            _, turns = normalize_messages(messages, has_image=has_image, where=where)
+        except ValueError as exc:
+            raise RequestRejected(422, "invalid_input", str(exc)) from exc
+        if turns[-1].role != "user":
+            raise RequestRejected(
+                422, "invalid_input", f"{where}: the conversation must end with a user turn to be answered"
+            )
 
     def _answer(
         self, result: dict[str, Any], include_vertices: bool, root: str, started: float
@@ -233,17 +300,43 @@ class PoseIngress:
 
     async def chat(self, req: ChatRequest, request_id: str, root: str) -> ChatResponse:
         started = time.perf_counter()
-        limits = self.cfg.limits
-        check_at_most("max_messages", len(req.messages), limits, "the number of messages")
-        check_texts([m.content for m in req.messages], limits, "messages")
-        query = {
-            "messages": [m.model_dump() for m in req.messages],
-            "image": self._image(req.image, "image"),
-            "request_id": request_id,
-            **self._decoding(req),
-        }
-        answer = await self.respond(query, req.detect, "messages", req.include_vertices, root, started)
+        answer = await self.converse(
+            [m.model_dump() for m in req.messages],
+            req.image,
+            self._decoding(req),
+            req.detect,
+            req.include_vertices,
+            request_id,
+            root,
+            started,
+        )
         return ChatResponse(request_id=request_id, **answer)
+
+    async def converse(
+        self,
+        messages: list[dict[str, str]],
+        image: str | None,
+        decoding: dict[str, Any],
+        detect: bool,
+        include_vertices: bool,
+        request_id: str,
+        root: str,
+        started: float,
+    ) -> dict[str, Any]:
+        """The answer fields for one conversation (``/v1/chat`` and ``/v1/chat/completions``)."""
+        limits = self.cfg.limits
+        check_at_most("max_messages", len(messages), limits, "the number of messages")
+        check_texts([m["content"] for m in messages], limits, "messages")
+        self._check_conversation(messages, image is not None, "messages")
+        query = {
+            "messages": messages,
+            "image": await self._image(image, "image"),
+            "request_id": request_id,
+            **decoding,
+        }
+        (plan,) = await self.plan([(query, detect, "messages")])
+        (answer,) = await self.execute([plan], include_vertices, root, started)
+        return answer
 
     async def poses(self, req: PosesRequest, request_id: str, root: str) -> PosesResponse:
         started = time.perf_counter()
@@ -251,80 +344,89 @@ class PoseIngress:
         check_at_most("max_batch_queries", len(req.queries), limits, "the number of queries")
         check_texts([q.text for q in req.queries], limits, "queries.text")
         decoding = self._decoding(req)
-        queries = [
-            {
-                "messages": [{"role": "user", "content": q.text}],
-                "image": self._image(q.image, f"queries[{i}].image"),
-                "request_id": f"{request_id}/{i}",
-                **decoding,
-            }
-            for i, q in enumerate(req.queries)
-        ]
-        outcomes = await asyncio.gather(
-            *(
-                self.respond(q, req.queries[i].detect, f"queries[{i}]", req.include_vertices, root, started)
-                for i, q in enumerate(queries)
-            ),
-            return_exceptions=True,
+        images = await asyncio.gather(
+            *(self._image(q.image, f"queries[{i}].image") for i, q in enumerate(req.queries))
         )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            raise max(failures, key=_severity)
-        results = [Answer(**o) for o in outcomes]
+        queries = []
+        for i, q in enumerate(req.queries):
+            messages = [{"role": "user", "content": q.text}]
+            self._check_conversation(messages, images[i] is not None, f"queries[{i}]")
+            query = {"messages": messages, "image": images[i], "request_id": f"{request_id}/{i}", **decoding}
+            queries.append((query, q.detect, f"queries[{i}]"))
+        plans = await self.plan(queries)
+        results = [Answer(**a) for a in await self.execute(plans, req.include_vertices, root, started)]
         return PosesResponse(
             request_id=request_id, results=results, total_ms=(time.perf_counter() - started) * 1000.0
         )
 
-    async def respond(
-        self,
-        query: dict[str, Any],
-        detect: bool,
-        where: str,
-        include_vertices: bool,
-        root: str,
-        started: float,
-    ) -> dict[str, Any]:
-        """The answer fields of one query: as sent, or (``detect``) one model answer per person in its image."""
-        if not detect:
-            return self._answer(await self.ask(query, where), include_vertices, root, started)
-        if query["image"] is None:
-            raise RequestRejected(422, "invalid_request", f"{where}: detect needs an image")
-        t0 = time.perf_counter()
-        people = await self.detect_people(query["image"], f"{where}: image")
-        detect_ms = (time.perf_counter() - t0) * 1000.0
-        outcomes = await asyncio.gather(
-            *(
-                self.ask({**query, "image": crop, "request_id": f"{query['request_id']}/person{k}"}, where)
-                for k, (_, crop) in enumerate(people)
-            ),
-            return_exceptions=True,
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            raise max(failures, key=_severity)
-        answers = [self._answer(o, include_vertices, root, started) for o in outcomes]
-        return merge_people([box for box, _ in people], answers, detect_ms, started)
+    async def plan(self, queries: list[tuple[dict[str, Any], bool, str]]) -> list[dict[str, Any]]:
+        """For each query, the model queries it needs: itself, or (``detect``) one per person found.
 
-    async def detect_people(self, image: bytes, where: str) -> list[tuple[Any, bytes]]:
-        """(box, encoded crop) of every person the detector finds in ``image``, best score first."""
-        if self.detector is None:
-            status = 503 if self.cfg.detector.weights else 422
-            raise RequestRejected(status, "detector_unavailable", f"{where}: {self._detector_error}")
-        return await asyncio.to_thread(self._person_crops, image, where)
+        Refuses the request (422) when the total exceeds ``limits.max_model_calls``.
+        """
+        limits = self.cfg.limits
 
-    def _person_crops(self, image: bytes, where: str) -> list[tuple[Any, bytes]]:
-        from posegpt.crops import ImageError, ImageLimits, decode_image, encode_jpeg
-        from posegpt.detect import detect_and_crop
+        async def one(query: dict[str, Any], detect: bool, where: str) -> dict[str, Any]:
+            if not detect:
+                return {"where": where, "asks": [query], "people": None}
+            if query["image"] is None:
+                raise RequestRejected(422, "invalid_request", f"{where}: detect needs an image")
+            t0 = time.perf_counter()
+            people = (await self.detect_people(query["image"], f"{where}: image", query["request_id"]))[
+                : limits.max_people
+            ]
+            asks = [
+                {**query, "image": person["crop"], "request_id": f"{query['request_id']}/person{k}"}
+                for k, person in enumerate(people)
+            ]
+            return {
+                "where": where,
+                "asks": asks,
+                "people": people,
+                "detect_ms": (time.perf_counter() - t0) * 1000.0,
+            }
 
-        limits = ImageLimits(
-            max_bytes=self.cfg.limits.max_image_bytes, max_pixels=self.cfg.limits.max_image_pixels
-        )
+        plans = await _gather_or_worst(one(*q) for q in queries)
+        calls = sum(len(p["asks"]) for p in plans)
+        if calls > limits.max_model_calls:
+            raise over_limit(
+                "max_model_calls",
+                calls,
+                limits.max_model_calls,
+                "the model queries of this request (queries, times the people found with detect)",
+            )
+        return plans
+
+    async def execute(
+        self, plans: list[dict[str, Any]], include_vertices: bool, root: str, started: float
+    ) -> list[dict[str, Any]]:
+        """Every planned model query at once; the answer fields of each plan, in order."""
+        flat = [(k, ask) for k, plan in enumerate(plans) for ask in plan["asks"]]
+        results = await _gather_or_worst(self.ask(ask, plans[k]["where"]) for k, ask in flat)
+        answers: list[list[dict[str, Any]]] = [[] for _ in plans]
+        for (k, _), result in zip(flat, results, strict=True):
+            answers[k].append(self._answer(result, include_vertices, root, started))
+        out = []
+        for plan, plan_answers in zip(plans, answers, strict=True):
+            if plan["people"] is None:
+                out.append(plan_answers[0])
+            else:
+                out.append(merge_people(plan["people"], plan_answers, plan["detect_ms"], started))
+        return out
+
+    async def detect_people(self, image: bytes, where: str, request_id: str) -> list[dict[str, Any]]:
+        """``{"box", "score", "crop"}`` of every person the detector deployment finds, best score first."""
         try:
-            pixels = decode_image(image, limits, where)
-        except ImageError as exc:
-            raise RequestRejected(422, "invalid_image", str(exc)) from exc
-        crops = detect_and_crop(pixels, self.detector, self.cfg.detect_crop_size)
-        return [(c.box, encode_jpeg(c.image, 95)) for c in crops]
+            result = await self.detector.detect.remote(image, where, request_id)
+        except BackPressureError as exc:
+            raise _overloaded(exc) from exc
+        except Exception as exc:
+            logger.exception("request %s: the detector call failed", request_id)
+            raise ModelFailure(request_id) from exc
+        error = result.get("error")
+        if error is not None:
+            raise RequestRejected(error["status"], error["code"], f"{where}: {error['message']}")
+        return result["people"]
 
     def _cached(self, body_id: str) -> CachedBody:
         body = self.cache.get(body_id)
@@ -371,7 +473,17 @@ class PoseIngress:
             self._topology_json = model.model_dump_json().encode()
         return self._topology_json
 
-    async def health(self) -> tuple[int, Health]:
+    async def health(self, authorized: bool) -> tuple[int, Health]:
+        """Readiness; the model's details only for ``authorized`` callers (or an open service)."""
+        status, health = await self._health()
+        if health.model is not None:
+            if self.api_key is not None and not authorized:
+                health.model = None
+            else:
+                health.model = {**health.model, "checkpoint": public_source(health.model["checkpoint"])}
+        return status, health
+
+    async def _health(self) -> tuple[int, Health]:
         response = self.model.info.remote()
         try:
             info = await asyncio.wait_for(_await(response), timeout=HEALTH_TIMEOUT_S)
@@ -387,22 +499,42 @@ class PoseIngress:
     def page(self, root: str) -> str:
         return self._page.replace("{{ROOT}}", root)
 
+    def login_page(self, root: str, next_path: str, message: str = "") -> str:
+        return (
+            self._login.replace("{{ROOT}}", root)
+            .replace("{{NEXT}}", next_path)
+            .replace("{{MESSAGE}}", message)
+        )
 
-def load_detector(cfg: ServeConfig) -> tuple[Any, str]:
-    """The person detector of ``cfg``, or None and why (detection off, or weights that do not load)."""
-    if not cfg.detector.weights:
-        return None, "this service has no person detector (detector.weights is not set)"
-    try:
-        from posegpt.detect import PersonDetector
 
-        return PersonDetector(cfg.detector), ""
-    except Exception as exc:  # a bad weights file fails detect requests only, not the whole service
-        logger.exception("the person detector did not load")
-        return None, f"the person detector did not load ({exc})"
+def public_source(checkpoint: str) -> str:
+    """A checkpoint as health details show it: URIs as they are, a local folder by its name only."""
+    if is_s3(checkpoint) or "://" in checkpoint or checkpoint.startswith("models:/"):
+        return checkpoint
+    return Path(checkpoint).name
+
+
+def _overloaded(exc: BackPressureError) -> RequestRejected:
+    retry = exc.retry_after_s
+    return RequestRejected(
+        exc.status_code,
+        "overloaded",
+        "the service is at capacity; retry shortly",
+        headers={"Retry-After": str(int(np.ceil(retry)))} if retry else {"Retry-After": "1"},
+    )
+
+
+async def _gather_or_worst(awaitables: Any) -> list[Any]:
+    """All results, or the most severe of the failures (a model failure over an overload over a refusal)."""
+    outcomes = await asyncio.gather(*awaitables, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise max(failures, key=_severity)
+    return list(outcomes)
 
 
 def merge_people(
-    boxes: list[Any], answers: list[dict[str, Any]], detect_ms: float, started: float
+    people: list[dict[str, Any]], answers: list[dict[str, Any]], detect_ms: float, started: float
 ) -> dict[str, Any]:
     """One answer from the answers for each person's crop: a line of text and an entry per person."""
     total_ms = (time.perf_counter() - started) * 1000.0
@@ -442,12 +574,12 @@ def merge_people(
         ),
         "people": [
             Person(
-                box=[round(float(v), 2) for v in box.xyxy],
-                score=round(float(box.score), 4),
+                box=[round(float(v), 2) for v in person["box"]],
+                score=round(float(person["score"]), 4),
                 text=a["text"],
                 poses=a["poses"],
             )
-            for box, a in zip(boxes, answers, strict=True)
+            for person, a in zip(people, answers, strict=True)
         ],
     }
 
@@ -470,7 +602,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def build_api(service: PoseIngress) -> FastAPI:
-    """The FastAPI app of one ingress replica, wrapped in the key, size and error middleware."""
+    """The FastAPI app of one ingress replica, wrapped in the key, body and error middleware."""
     api = FastAPI(
         title="PoseGPT",
         version="1",
@@ -480,11 +612,15 @@ def build_api(service: PoseIngress) -> FastAPI:
 
     @api.exception_handler(RequestRejected)
     async def rejected(request: Request, exc: RequestRejected) -> JSONResponse:
+        rid = _rid(request)
+        if exc.detail:
+            # Internals (a decoder's words) stay in the log, under the id the client was given.
+            logger.info("request %s refused (%s): %s", rid, exc.code, exc.detail)
         return error_response(
             exc.status,
             exc.code,
             exc.message,
-            _rid(request),
+            rid,
             headers=exc.headers,
             limit=exc.limit,
             value=exc.value,
@@ -506,16 +642,22 @@ def build_api(service: PoseIngress) -> FastAPI:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:10]
         )
-        return error_response(422, "invalid_request", details, _rid(request))
+        return error_response(422, "invalid_request", details[:2000], _rid(request))
 
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if isinstance(exc.detail, dict):
-            d = exc.detail
-            return error_response(exc.status_code, d.pop("code"), d.pop("message"), _rid(request), **d)
+            d = dict(exc.detail)
+            return error_response(
+                exc.status_code, d.pop("code"), d.pop("message"), _rid(request), headers=exc.headers, **d
+            )
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), _rid(request)
+            exc.status_code,
+            codes.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            _rid(request),
+            headers=exc.headers,
         )
 
     @api.post("/v1/chat", response_model=ChatResponse)
@@ -527,6 +669,37 @@ def build_api(service: PoseIngress) -> FastAPI:
     async def poses(req: PosesRequest, request: Request) -> PosesResponse:
         """Answer independent pose queries; results come in query order."""
         return await service.poses(req, _rid(request), _root(request))
+
+    @api.post(
+        "/v1/chat/completions",
+        response_model=openai_api.ChatCompletion,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def chat_completions(req: openai_api.ChatCompletionRequest, request: Request) -> Response:
+        """OpenAI-compatible chat; poses in the extension field ``choices[0].poses``; ``stream: true`` for SSE."""
+        rid = _rid(request)
+        messages, image = openai_api.to_conversation(req)
+        limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        decoding = service._decoding(
+            DecodingOptions(max_new_tokens=limit, temperature=req.temperature, seed=req.seed)
+        )
+        answer = await service.converse(
+            messages, image, decoding, False, False, rid, _root(request), time.perf_counter()
+        )
+        done = openai_api.completion(rid, answer)
+        if not req.stream:
+            return JSONResponse(done.model_dump(mode="json"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(
+            openai_api.stream_events(done, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    @api.get("/v1/models", response_model=openai_api.ModelList)
+    async def models() -> openai_api.ModelList:
+        """The one model this service answers with (OpenAI's model list)."""
+        return openai_api.ModelList(data=[openai_api.ModelCard(id=openai_api.MODEL_ID, created=0)])
 
     @api.get("/v1/poses/{body_id}/mesh.obj", response_class=Response)
     async def mesh_obj(body_id: str) -> Response:
@@ -549,23 +722,69 @@ def build_api(service: PoseIngress) -> FastAPI:
         return Response(await service.body_json(), media_type="application/json")
 
     @api.get("/healthz", response_model=Health)
-    async def healthz() -> JSONResponse:
+    async def healthz(request: Request) -> JSONResponse:
         """200 once the model is loaded and answering; 503 while loading or saturated."""
-        status, health = await service.health()
+        authorized = bool(request.scope.get("state", {}).get("authorized", False))
+        status, health = await service.health(authorized)
         return JSONResponse(json.loads(health.model_dump_json()), status_code=status)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(service.page(_root(request)), headers={"Content-Security-Policy": PAGE_CSP})
 
+    def _next(value: str | None) -> str:
+        # Only this service's own pages: never an open redirect.
+        return value if value in PAGES else "/"
+
+    @api.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_form(request: Request) -> Response:
+        root, target = _root(request), _next(request.query_params.get("next"))
+        if service.api_key is None:
+            return RedirectResponse(f"{root}{target}", status_code=303)
+        return HTMLResponse(service.login_page(root, target), headers={"Content-Security-Policy": LOGIN_CSP})
+
+    @api.post("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """The sign-in form's post (``key``, ``next``): a session cookie and a redirect, or the form again."""
+        root = _root(request)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        target = _next((form.get("next") or ["/"])[0])
+        given = (form.get("key") or [""])[0].strip()
+        if service.api_key is None:
+            return RedirectResponse(f"{root}{target}", status_code=303)
+        if not _key_matches(f"Bearer {given}", service.api_key):
+            return HTMLResponse(
+                service.login_page(root, target, "Wrong key."),
+                status_code=401,
+                headers={"Content-Security-Policy": LOGIN_CSP},
+            )
+        response = RedirectResponse(f"{root}{target}", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            session_token(service.api_key),
+            max_age=SESSION_TTL_S,
+            path=root or "/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
     api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Added innermost first: errors → key → body size → routes.
-    api.add_middleware(BodySizeLimitMiddleware, max_bytes=service.cfg.limits.max_body_bytes)
+    # Added innermost first: errors → key → body limits → routes. The key is checked before any
+    # body is read, and both refusals close the connection.
+    limits = service.cfg.limits
+    api.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=limits.max_body_bytes,
+        timeout_s=limits.body_timeout_s,
+        max_in_flight=limits.max_slow_bodies,
+    )
     if service.api_key is not None:
         api.add_middleware(BearerKeyMiddleware, key=service.api_key)
-    api.add_middleware(_CatchAll)
+    api.add_middleware(_CatchAll, responses=service.responses)
     return api
 
 
-__all__ = ["PoseIngress", "build_api"]
+__all__ = ["PoseIngress", "build_api", "public_source"]

@@ -1,12 +1,19 @@
 """The model deployment: one PoseGPT per replica, answering queries in ``@serve.batch`` batches.
 
 Each query (a conversation and an optional image) is checked on its own first —
-a bad conversation or image is answered with an ``invalid_input`` error and
-never reaches the batch. The rest are decoded together, one left-padded batch
-per set of decoding settings. If a batch fails, its queries are retried one by
-one so that a single bad query cannot fail its neighbours; a query that still
-fails is logged once, with its request id and traceback, and answered with an
+a bad conversation or image is answered with an ``invalid_input`` error, and a
+query whose check fails in any other way with an ``internal`` error; neither
+reaches the batch. The rest are decoded together, one left-padded batch per set
+of decoding settings. If a batch fails, its queries are retried one by one so
+that a single bad query cannot fail its neighbours; a query that still fails is
+logged once, with its request id and traceback, and answered with an
 ``internal`` error. The replica keeps serving.
+
+Metrics (``ray.serve.metrics``, exported by Ray's metrics agent in Prometheus form):
+``posegpt_batch_size`` and ``posegpt_queue_seconds`` histograms, ``posegpt_poses_total``
+and ``posegpt_model_errors_total`` (by ``code``). ``check_health`` decodes one token
+of a fixed prompt through the same batch queue, so a replica whose model no longer
+answers is restarted by Serve.
 
 Batch size and wait come from the deployment's ``user_config`` and change live
 through ``reconfigure`` (no restart, no model reload).
@@ -99,6 +106,48 @@ class Coalescer:
                 start += len(items)
 
 
+HEALTH_REQUEST_ID = "health-check"
+"""Request id of ``check_health``'s probe (left out of the metrics)."""
+
+
+class ModelMetrics:
+    """The model replica's Serve metrics (tags ``deployment``, ``replica``, ``application`` are added by Serve)."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.batch_size = Histogram(
+            "posegpt_batch_size",
+            description="Queries decoded together, per decoding round.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
+        )
+        self.queue_seconds = Histogram(
+            "posegpt_queue_seconds",
+            description="Time a query waited on the replica before its batch started.",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
+        self.poses = Counter("posegpt_poses_total", description="Poses answered (one per <POSE> token).")
+        self.errors = Counter(
+            "posegpt_model_errors_total",
+            description="Queries the model refused or failed on.",
+            tag_keys=("code",),
+        )
+
+    def record(self, items: Sequence[_Item], results: Sequence[dict[str, Any]], started: float) -> None:
+        counted = [
+            (item, r) for item, r in zip(items, results, strict=True) if item.request_id != HEALTH_REQUEST_ID
+        ]
+        if not counted:
+            return
+        self.batch_size.observe(len(counted))
+        for item, result in counted:
+            self.queue_seconds.observe(max(0.0, started - item.enqueued))
+            if "error" in result:
+                self.errors.inc(tags={"code": result["error"]["code"]})
+            elif result["poses"] is not None and len(result["poses"]):
+                self.poses.inc(len(result["poses"]))
+
+
 @serve.deployment(name="PoseModel")
 class PoseModel:
     """Loads the checkpoint (the replica is ready only after that) and answers ``answer(query)`` calls."""
@@ -133,6 +182,16 @@ class PoseModel:
         self._stats_lock = threading.Lock()
         self.coalescer = Coalescer(self._run, lambda: self._generate._get_max_batch_size())
         self._apply_batching(cfg.batching)
+        self.metrics = ModelMetrics()
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: one greedy token of a fixed prompt, through the batch queue."""
+        item = _Item(HEALTH_REQUEST_ID, [{"role": "user", "content": "Hello"}], None, (1, 0.0, 0))
+        result = await self._generate(item)
+        if "error" in result:
+            raise RuntimeError(
+                f"PoseModel {self.replica}: the health-check generation failed: {result['error']}"
+            )
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -211,21 +270,34 @@ class PoseModel:
             except ValueError as exc:
                 results[i] = _error("invalid_input", str(exc), item.request_id)
                 continue
+            except Exception:
+                # Not a refusal the model meant (a tokenizer's TypeError, ...): this query only.
+                logger.exception("PoseModel %s: request %s failed its checks", self.replica, item.request_id)
+                results[i] = _error("internal", "the model failed on this request", item.request_id)
+                continue
             groups.setdefault(item.settings, []).append((i, Query(item.messages, image)))
         for settings, members in groups.items():
             for i, out in self._decode_group(settings, members, items):
-                out["timings"]["queue_ms"] = (started - items[i].enqueued) * 1000.0
+                queue_ms = (started - items[i].enqueued) * 1000.0
+                if "timings" in out:
+                    out["timings"]["queue_ms"] = queue_ms
                 results[i] = out
-        return [
+        out = [
             r if r is not None else _error("internal", "no result", items[i].request_id)
             for i, r in enumerate(results)
         ]
+        try:
+            self.metrics.record(items, out, started)
+        except Exception:  # metrics never cost an answer
+            logger.exception("PoseModel %s: recording metrics failed", self.replica)
+        return out
 
     def _decode_group(
         self, settings: tuple[int, float, int | None], members: list[tuple[int, Any]], items: Sequence[_Item]
     ) -> list[tuple[int, dict[str, Any]]]:
         try:
-            return self._decode(settings, members)
+            probes = sum(items[i].request_id == HEALTH_REQUEST_ID for i, _ in members)
+            return self._decode(settings, members, len(members) - probes)
         except Exception:
             if len(members) == 1:
                 i = members[0][0]
@@ -238,7 +310,7 @@ class PoseModel:
         return out
 
     def _decode(
-        self, settings: tuple[int, float, int | None], members: list[tuple[int, Any]]
+        self, settings: tuple[int, float, int | None], members: list[tuple[int, Any]], counted: int
     ) -> list[tuple[int, dict[str, Any]]]:
         from posegpt.inference import GenerationSettings
 
@@ -250,7 +322,8 @@ class PoseModel:
         answers = self.model.batch([q for _, q in members], gen)
         generate_ms = (time.perf_counter() - start) * 1000.0
         with self._stats_lock:
-            self.batch_sizes[len(members)] += 1
+            if counted:  # health-check probes stay out of the batch statistics
+                self.batch_sizes[counted] += 1
         out = []
         for (i, _), answer in zip(members, answers, strict=True):
             out.append(

@@ -12,6 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.settings import MAX_LIST_ITEMS, MAX_TEXT_CHARS
+
+SEED_MAX = 2**63 - 1
+"""Seeds are non-negative 64-bit integers (the sampler's ``torch.Generator`` takes no more)."""
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -20,15 +25,22 @@ class _Request(BaseModel):
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant"]
     """``system`` may come first; then turns alternate user / assistant, ending with user."""
-    content: str
+    content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class DecodingOptions(_Request):
     max_new_tokens: int | None = Field(
         None, ge=1, description="Most tokens to generate (server default if empty)."
     )
-    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0: greedy; > 0: sampling.")
-    seed: int | None = Field(None, description="Seed for sampling (reproducible answers).")
+    temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=5.0,
+        description="0: greedy; > 0: sampling. Below 0.001, greedy (sampling's limit as the temperature goes to 0).",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Seed for sampling (reproducible answers), 0 to 2^63 - 1."
+    )
     include_vertices: bool = Field(False, description="Also return the 6890 mesh vertices of every pose.")
 
 
@@ -40,7 +52,9 @@ DETECT_HELP = (
 
 class ChatRequest(DecodingOptions):
     messages: list[ChatMessage] = Field(
-        min_length=1, description="The conversation so far, ending with a user turn."
+        min_length=1,
+        max_length=MAX_LIST_ITEMS,
+        description="The conversation so far, ending with a user turn.",
     )
     image: str | None = Field(
         None, description="Optional image for the first user turn: base64 or a data:image/...;base64 URL."
@@ -49,13 +63,17 @@ class ChatRequest(DecodingOptions):
 
 
 class PoseQuery(_Request):
-    text: str = Field(description="One user message, e.g. 'Show me a person doing a lunge.'")
+    text: str = Field(
+        max_length=MAX_TEXT_CHARS, description="One user message, e.g. 'Show me a person doing a lunge.'"
+    )
     image: str | None = Field(None, description="Optional image as base64 or a data:image/...;base64 URL.")
     detect: bool = Field(False, description=DETECT_HELP)
 
 
 class PosesRequest(DecodingOptions):
-    queries: list[PoseQuery] = Field(min_length=1, description="Independent queries, answered in order.")
+    queries: list[PoseQuery] = Field(
+        min_length=1, max_length=MAX_LIST_ITEMS, description="Independent queries, answered in order."
+    )
 
 
 class Mesh(BaseModel):
@@ -134,8 +152,8 @@ class ErrorBody(BaseModel):
     message: str
     limit: str | None = None
     """The configured limit that was exceeded (``limits.<name>``)."""
-    value: int | None = None
-    maximum: int | None = None
+    value: int | float | None = None
+    maximum: int | float | None = None
 
 
 class ErrorResponse(BaseModel):

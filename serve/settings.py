@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from posegpt.config import ConfigError, load_config
+from posegpt.crops import ImageLimits
 from posegpt.detect import DetectorConfig
 from posegpt.runtime import DEFAULT_CACHE_DIR, REPO_ROOT
 from posegpt.storage import StorageConfig, is_s3
@@ -50,6 +51,10 @@ class LimitsConfig:
     """Largest image after base64 decoding, in bytes."""
     max_image_pixels: int = 16_000_000
     """Most pixels (width × height) of an image, read from its header before it is decoded."""
+    max_image_side: int = 4096
+    """Longest width or height of an image in pixels, read from its header before it is decoded."""
+    max_image_aspect_ratio: float = 4.0
+    """Largest long side / short side of an image (a person crop is about 1:3; a 1 × 16M strip is refused)."""
     max_messages: int = 32
     """Most messages in one conversation (``/v1/chat``)."""
     max_message_chars: int = 4000
@@ -58,11 +63,43 @@ class LimitsConfig:
     """Most queries in one ``/v1/poses`` request."""
     max_new_tokens: int = 256
     """Largest ``max_new_tokens`` a request may ask for."""
+    max_people: int = 8
+    """Most people answered per image with ``detect: true`` (the detector's best scores first)."""
+    max_model_calls: int = 32
+    """Most model queries one request may make: queries, times people for ``detect: true``."""
+    body_timeout_s: float = 30.0
+    """Longest time to receive a request body; a slower client gets 408 and its connection is closed."""
+    max_slow_bodies: int = 64
+    """Most request bodies being received at once that did not arrive whole in their first packet;
+    past it, such requests get 503 at once instead of holding an ingress slot."""
 
     def validate(self) -> None:
         for name, value in vars(self).items():
             if value < 1:
                 raise ConfigError(f"limits.{name} must be >= 1, got {value}")
+        for name in ("max_messages", "max_batch_queries"):
+            if getattr(self, name) > MAX_LIST_ITEMS:
+                raise ConfigError(f"limits.{name} must be <= {MAX_LIST_ITEMS}, got {getattr(self, name)}")
+        if self.max_message_chars > MAX_TEXT_CHARS:
+            raise ConfigError(
+                f"limits.max_message_chars must be <= {MAX_TEXT_CHARS}, got {self.max_message_chars}"
+            )
+
+    def image_limits(self) -> ImageLimits:
+        """These limits as the project's one image-limit type (``posegpt.crops.ImageLimits``)."""
+        return ImageLimits(
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            max_side=self.max_image_side,
+            max_aspect_ratio=self.max_image_aspect_ratio,
+        )
+
+
+MAX_LIST_ITEMS = 1024
+"""Hard cap on list lengths in the request schema: validation stops at the first item past it, so a
+body of a million bad items costs no more than this many (configured limits must stay below it)."""
+MAX_TEXT_CHARS = 100_000
+"""Hard cap on one text field in the request schema (``limits.max_message_chars`` must stay below it)."""
 
 
 @dataclass
@@ -146,8 +183,22 @@ class ReplicaOptions:
 
 
 def _ingress_defaults() -> ReplicaOptions:
-    # The ingress only parses, checks and awaits the model: many requests at once, little CPU.
-    return ReplicaOptions(max_ongoing_requests=256, max_queued_requests=512, num_cpus=0.25)
+    # The ingress only parses, checks and awaits the model: many requests at once, little CPU. Room
+    # for limits.max_slow_bodies slow senders beside the ordinary requests.
+    return ReplicaOptions(max_ongoing_requests=512, max_queued_requests=512, num_cpus=0.25)
+
+
+def _detector_defaults() -> ReplicaOptions:
+    # One image at a time per replica; idle without detect requests, so it may scale to zero.
+    return ReplicaOptions(
+        autoscaling=True,
+        min_replicas=0,
+        max_replicas=2,
+        target_ongoing_requests=2.0,
+        max_ongoing_requests=4,
+        max_queued_requests=32,
+        num_cpus=1.0,
+    )
 
 
 @dataclass
@@ -182,6 +233,8 @@ class ServeConfig:
     """Serve options of the model deployment."""
     ingress: ReplicaOptions = field(default_factory=_ingress_defaults)
     """Serve options of the HTTP ingress deployment."""
+    detector_deployment: ReplicaOptions = field(default_factory=_detector_defaults)
+    """Serve options of the ``PersonDetector`` deployment (``detect: true`` requests)."""
     api_key_env: str | None = None
     """Name of an environment variable (on the replicas) holding the API key; never the key itself."""
     api_key_file: str | None = None
@@ -222,6 +275,7 @@ class ServeConfig:
             raise ConfigError(f"detect_crop_size must be >= 16 pixels, got {self.detect_crop_size}")
         self.model.validate("model")
         self.ingress.validate("ingress")
+        self.detector_deployment.validate("detector_deployment")
         if self.batching.max_batch_size > self.model.max_ongoing_requests:
             raise ConfigError(
                 f"batching.max_batch_size ({self.batching.max_batch_size}) exceeds model.max_ongoing_requests "
@@ -286,6 +340,8 @@ def config_from_args(args: Mapping[str, Any] | None) -> ServeConfig:
 
 
 __all__ = [
+    "MAX_LIST_ITEMS",
+    "MAX_TEXT_CHARS",
     "BatchingConfig",
     "GenerationDefaults",
     "LimitsConfig",

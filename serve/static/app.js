@@ -1,6 +1,8 @@
 // The chat page: sends the conversation to /v1/chat, shows the answer and every pose as the
 // server's PNG, an OBJ download and a BodyViewer of the returned vertices. Everything it loads
-// comes from this service (the page's Content-Security-Policy forbids anything else).
+// comes from this service (the page's Content-Security-Policy forbids anything else). With an API
+// key configured, the browser signs in once at /login: its session cookie then goes with every
+// request of the page (fetch and <img> alike), so the page itself never holds the key.
 "use strict";
 
 (function () {
@@ -149,6 +151,11 @@
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
       });
+      if (res.status === 401) {
+        // The session cookie expired (or the key changed): sign in again, then come back.
+        window.location.assign(`${ROOT}/login?next=/`);
+        return;
+      }
       const data = await res.json().catch(() => null);
       if (!res.ok) {
         const err = data && data.error ? data.error : { message: `HTTP ${res.status}` };

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.model import POSING_SAMPLES
-from tests.fixtures.serving import API_KEY, TEST_BATCHING, TEST_LIMITS, Served
+from tests.fixtures.serving import API_KEY, TEST_BATCHING, TEST_LIMITS, Served, serve_log_lines
 from tests.serve.images import b64, bomb_png, data_url, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -61,16 +61,22 @@ def error(response: httpx.Response, status: int, code: str, limit: str | None = 
 
 
 def health(served: Served) -> dict[str, Any]:
-    return ok(httpx.get(f"{served.url}/healthz", timeout=30))
+    return ok(httpx.get(f"{served.url}/healthz", headers=served.headers, timeout=30))
 
 
 # -- answers -----------------------------------------------------------------------------------
 
 
-def test_health_is_open_and_reports_the_loaded_model(served: Served, posing_checkpoint_dir: Path) -> None:
-    body = health(served)  # no Authorization header
+def test_health_is_open_and_shows_details_only_with_the_key(
+    served: Served, posing_checkpoint_dir: Path
+) -> None:
+    response = httpx.get(f"{served.url}/healthz", timeout=30)  # no Authorization header
+    assert ok(response) == {"status": "ok", "model": None}
+    assert str(posing_checkpoint_dir.parent) not in response.text  # no local path for strangers
+    body = ok(httpx.get(f"{served.url}/healthz", headers=served.headers, timeout=30))
     assert body["status"] == "ok"
-    assert body["model"]["checkpoint"] == str(posing_checkpoint_dir)
+    # A local checkpoint by its folder name only, even with the key.
+    assert body["model"]["checkpoint"] == posing_checkpoint_dir.name
     assert body["model"]["batching"] == TEST_BATCHING
 
 
@@ -265,12 +271,18 @@ def test_unknown_mesh_is_not_found(client: httpx.Client) -> None:
 
 
 def test_api_key_is_required_everywhere_but_healthz(served: Served) -> None:
-    paths = ["/", "/static/app.js", "/docs", "/openapi.json", "/v1/body", "/v1/poses/x/mesh.obj"]
+    paths = ["/static/app.js", "/openapi.json", "/v1/body", "/v1/poses/x/mesh.obj", "/v1/models"]
+    wrong = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"})
     for path in paths:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}):
+        for headers in wrong:
             r = httpx.get(served.url + path, headers=headers, timeout=30)
             error(r, 401, "unauthorized")
             assert r.headers["www-authenticate"] == "Bearer"
+    # The pages a browser opens lead to the sign-in form instead.
+    for path in ("/", "/docs", "/redoc"):
+        for headers in wrong:
+            r = httpx.get(served.url + path, headers=headers, timeout=30)
+            assert r.status_code == 303 and r.headers["location"] == f"/login?next={path}", r.text
     r = httpx.post(f"{served.url}/v1/chat", json=user(STANDING), timeout=30)
     assert "missing Authorization" in error(r, 401, "unauthorized")["message"]
     assert httpx.get(f"{served.url}/healthz", timeout=30).status_code == 200
@@ -308,21 +320,6 @@ def test_page_and_its_files_are_served_from_here_only(client: httpx.Client) -> N
 # -- failures and reconfiguration --------------------------------------------------------------
 
 
-def _serve_log_lines(text: str, timeout: float = 20.0) -> list[str]:
-    """Lines of the Serve replica logs that contain ``text`` (waits for the log to be flushed)."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [
-            ln for f in logs.glob("*.log") for ln in f.read_text(errors="replace").splitlines() if text in ln
-        ]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.5)
-
-
 def test_health_is_not_ready_before_the_model_is_loaded(broken_served: Served) -> None:
     log = broken_served.health_log
     statuses = [status for status, _, _ in log]
@@ -350,10 +347,10 @@ def test_model_failure_is_a_500_with_request_id_and_the_replica_keeps_serving(br
         mixed_rid = mixed.json()["request_id"]
         assert ok(chat(client, DESCRIBE))["text"] == ANSWERS[DESCRIBE]
     # The traceback is logged once, by the model replica, with the request id.
-    lines = _serve_log_lines(f"request {rid} failed")
+    lines = serve_log_lines(f"request {rid} failed")
     assert len(lines) == 1, lines
-    assert len(_serve_log_lines(f"request {mixed_rid}/1 failed")) == 1
-    assert _serve_log_lines(f"request {mixed_rid}/0 failed", timeout=0) == []  # the good query of the batch
+    assert len(serve_log_lines(f"request {mixed_rid}/1 failed")) == 1
+    assert serve_log_lines(f"request {mixed_rid}/0 failed", timeout=0) == []  # the good query of the batch
 
 
 def _with_batching(config: dict[str, Any], batching: dict[str, Any]) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from serve.limits import RequestRejected, decode_inline_image
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.limits import RequestRejected, check_texts, decode_inline_image
 from serve.settings import LimitsConfig
 from tests.serve.images import b64, bomb_png, data_url, png_bytes
 
-LIMITS = LimitsConfig(max_image_bytes=50_000, max_image_pixels=250_000)
+LIMITS = LimitsConfig(max_image_bytes=50_000, max_image_pixels=250_000, max_image_side=1000)
 
 
 def rejected(data: str) -> RequestRejected:
@@ -66,3 +70,56 @@ def test_bad_base64_and_non_images_are_invalid_images() -> None:
     assert rejected(b64(b"GIF89a but not really an image")).code == "invalid_image"
     assert rejected("data:image/png,rawtext").code == "invalid_image"
     assert rejected("").code == "invalid_image"
+
+
+def test_sides_and_aspect_ratio_are_read_from_the_header() -> None:
+    err = rejected(b64(bomb_png(1, 200_000)))  # within the pixel limit, no pixel data at all
+    assert (err.status, err.limit, err.value, err.maximum) == (413, "limits.max_image_side", 200_000, 1000)
+    err = rejected(b64(bomb_png(450, 100)))
+    assert (err.limit, err.value, err.maximum) == ("limits.max_image_aspect_ratio", 4.5, 4.0)
+
+
+def test_data_url_types_outside_the_allow_list_are_refused_before_decoding() -> None:
+    for mime in ("image/tiff", "image/bmp", "image/svg+xml", "text/html"):
+        err = rejected(f"data:{mime};base64,{b64(png_bytes(8, 8))}")
+        assert err.code == "invalid_image" and "not accepted" in err.message, mime
+    assert decode_inline_image(data_url(png_bytes(8, 8), "image/PNG"), LIMITS, "image")
+
+
+def test_lone_surrogates_are_refused() -> None:
+    with pytest.raises(RequestRejected, match="lone surrogate at character 2") as info:
+        check_texts(["ok", "ab\ud800"], LIMITS, "messages")
+    assert info.value.status == 422
+    check_texts(["caf\u00e9 \U0001f600"], LIMITS, "messages")
+
+
+def test_image_limits_have_one_source_shared_with_the_data_jobs() -> None:
+    from posegpt.crops import ImageLimitError, image_info
+    from posegpt.model.vision_input import IMAGE_LIMITS
+    from serve.settings import LimitsConfig
+    from tests.serve.images import bomb_png
+
+    # The model's own decoder refuses a 1 × 16,000,000 header (the 30 KB image) before decoding.
+    with pytest.raises(ImageLimitError) as info:
+        image_info(bomb_png(1, 16_000_000), IMAGE_LIMITS, "strip.png")
+    assert info.value.limit == "max_side"
+    limits = LimitsConfig(max_image_side=640, max_image_aspect_ratio=3.0).image_limits()
+    assert (limits.max_side, limits.max_aspect_ratio) == (640, 3.0)
+
+
+def test_pad_to_square_costs_at_most_the_bound_whatever_the_shape() -> None:
+    from posegpt.model.vision_input import pad_to_square
+
+    tall = Image.fromarray(np.full((3000, 40, 3), 200, np.uint8))
+    squared = pad_to_square(tall, (0.5, 0.5, 0.5), max_side=672)
+    assert squared.size == (672, 672)
+    small = Image.fromarray(np.full((300, 100, 3), 200, np.uint8))
+    assert pad_to_square(small, (0.5, 0.5, 0.5), max_side=672).size == (300, 300)
+
+
+def test_an_error_quoting_a_lone_surrogate_still_encodes() -> None:
+    from serve.errors import error_response
+
+    response = error_response(422, "invalid_request", "body.\ud800: Extra inputs are not permitted", "r1")
+    body = json.loads(response.body)
+    assert body["error"]["message"] == "body.\\ud800: Extra inputs are not permitted"

@@ -72,7 +72,7 @@ def test_every_config_field_is_documented() -> None:
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
 
 
-def test_builder_binds_both_deployments_with_their_options() -> None:
+def test_builder_binds_the_three_deployments_with_their_options() -> None:
     application = app(
         {
             "checkpoint": "/ckpt",
@@ -93,8 +93,13 @@ def test_builder_binds_both_deployments_with_their_options() -> None:
     assert (auto.min_replicas, auto.max_replicas) == (1, 3)
     assert model.max_queued_requests == ServeConfig().model.max_queued_requests
     assert model._deployment_config.backpressure_config.status_code == 429
-    # Both replicas get the whole (resolved) config as plain data.
-    assert model.init_args[0]["checkpoint"] == "/ckpt" == ingress.init_args[1]["checkpoint"]
+    detector = ingress.init_args[1]._bound_deployment
+    assert detector.name == "PersonDetector"
+    auto = detector._deployment_config.autoscaling_config
+    assert auto.min_replicas == 0 and auto.max_replicas == ServeConfig().detector_deployment.max_replicas
+    # Every replica gets the whole (resolved) config as plain data.
+    assert model.init_args[0]["checkpoint"] == "/ckpt" == ingress.init_args[2]["checkpoint"]
+    assert detector.init_args[0]["checkpoint"] == "/ckpt"
 
 
 def test_shipped_serve_config_is_valid_and_keeps_secrets_out() -> None:
@@ -112,6 +117,10 @@ def test_shipped_serve_config_is_valid_and_keeps_secrets_out() -> None:
     auto = model.autoscaling_config
     assert auto["min_replicas"] <= auto["max_replicas"] and auto["target_ongoing_requests"] > 0
     assert model.user_config["max_batch_size"] <= model.max_ongoing_requests
+    # The detector scales on its own, down to zero replicas when nobody asks for detection.
+    detector = next(d for d in application.deployments if d.name == "PersonDetector")
+    assert detector.autoscaling_config["min_replicas"] == 0 < detector.autoscaling_config["max_replicas"]
+    assert cfg.limits.max_model_calls >= cfg.limits.max_batch_queries
 
 
 def test_deploy_config_overrides_one_application() -> None:
