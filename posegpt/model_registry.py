@@ -11,14 +11,56 @@ the same forms: ``models:/<name>/<version>``, ``models:/<name>/latest``,
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from posegpt.storage import StorageConfig, exists, join, read_bytes
+from posegpt.storage import StorageConfig, exists, is_s3, join, read_bytes
 
 PREFIX = "models:/"
+CHECKPOINT_ARTIFACT = "checkpoint"
+"""Name of the checkpoint folder among a registered version's pyfunc artifacts."""
+BASE_MODEL_ARTIFACT = "base_model"
+"""Name of the bundled base model folder among a version's pyfunc artifacts (a small local base only)."""
+BUNDLE_BASE_MODEL_MAX_BYTES = 1 << 30
+"""A local base model folder up to this size travels with the registered version; a bigger one is referenced."""
+TINY_BASE_ID = "posegpt/tiny-llava"
+"""Canonical id of the tiny preset's base, built by ``posegpt.model.tiny`` (not on any hub)."""
+
+
+@dataclass(frozen=True)
+class BaseModelReference:
+    """How a registered version names its base model."""
+
+    canonical_id: str
+    """Hub-style id (``llava-hf/llava-1.5-7b-hf``), or the folder name when it names no known model."""
+    uri: str
+    """Where the weights are: an ``s3://`` prefix or an absolute local folder."""
+    bundle: bool
+    """Whether the folder travels with the version as its ``base_model`` artifact."""
+
+
+def base_model_reference(base_model: str) -> BaseModelReference:
+    """Canonical id and location of a checkpoint's ``base_model``; small local folders are bundled."""
+    name = base_model.rstrip("/").rsplit("/", 1)[-1]
+    if re.fullmatch(r"llava-(v1\.6-|1\.5-|interleave-)?[\w.-]+-hf", name):
+        canonical = f"llava-hf/{name}"
+    elif name == TINY_BASE_ID.split("/")[1]:
+        canonical = TINY_BASE_ID
+    else:
+        canonical = name
+    if is_s3(base_model):
+        return BaseModelReference(canonical, base_model, bundle=False)
+    folder = Path(base_model).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"base model folder {folder} does not exist: a version must name a base that loads"
+        )
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return BaseModelReference(canonical, str(folder), bundle=size <= BUNDLE_BASE_MODEL_MAX_BYTES)
 
 
 def is_model_uri(uri: str | Path) -> bool:
@@ -68,17 +110,40 @@ def run_id_from_model_uri(uri: str, tracking_uri: str | None) -> str | None:
     return mv.run_id or None
 
 
-def checkpoint_subpath(model_dir: str, storage: StorageConfig | None = None) -> str:
-    """The checkpoint folder inside a logged model: the pyfunc's ``checkpoint`` artifact, else ``checkpoint``."""
+def artifact_subpath(model_dir: str, name: str, storage: StorageConfig | None = None) -> str | None:
+    """Where the pyfunc artifact ``name`` lies inside a logged model (``MLmodel``), or None."""
     mlmodel = join(model_dir, "MLmodel")
     if exists(mlmodel, storage):
         data = yaml.safe_load(read_bytes(mlmodel, storage)) or {}
         artifacts = ((data.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
-        entry = artifacts.get("checkpoint")
+        entry = artifacts.get(name)
         path = entry.get("path") if isinstance(entry, dict) else None
         if isinstance(path, str) and path:
             return path
-    return "checkpoint"
+    return None
+
+
+def checkpoint_subpath(model_dir: str, storage: StorageConfig | None = None) -> str:
+    """The checkpoint folder inside a logged model: the pyfunc's ``checkpoint`` artifact, else ``checkpoint``."""
+    return artifact_subpath(model_dir, CHECKPOINT_ARTIFACT, storage) or CHECKPOINT_ARTIFACT
+
+
+def use_bundled_base(model_dir: Path, checkpoint: Path) -> None:
+    """Point a downloaded checkpoint at the version's bundled base model when the one it names is not here.
+
+    ``checkpoint`` is a private download, so its ``config.yaml`` may be rewritten.
+    """
+    sub = artifact_subpath(str(model_dir), BASE_MODEL_ARTIFACT)
+    config_file = checkpoint / "config.yaml"
+    if sub is None or not config_file.is_file():
+        return
+    config = yaml.safe_load(config_file.read_text()) or {}
+    named = str(config.get("base_model") or "")
+    if is_s3(named) or (named and Path(named).expanduser().is_dir()):
+        return
+    config["base_model"] = str((model_dir / sub).resolve())
+    config["build_tiny_if_missing"] = False
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def fetch_model_checkpoint(uri: str, tracking_uri: str | None, cache_dir: str | Path) -> str:
@@ -107,4 +172,5 @@ def fetch_model_checkpoint(uri: str, tracking_uri: str | None, cache_dir: str | 
         raise FileNotFoundError(
             f"{uri}: the model version's artifacts hold no checkpoint folder ({folder.name})"
         )
+    use_bundled_base(Path(local), folder)
     return str(folder)

@@ -7,19 +7,25 @@ restarted or resumed run keeps logging into the same MLflow run. The run holds
 the whole config as params, the shard folder as its input dataset, per-step
 training metrics, the validation pose error, loss and PA-MPJPE curves as PNG
 plots, and the final checkpoint as a registered model version whose pyfunc
-answers pose queries (text in, pose out).
+answers pose queries (text in, pose out): ``posegpt/pyfunc_model.py`` logged as
+models-from-code with the ``posegpt`` package as its code, so it loads outside
+this repository.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pyfunc
 
+import posegpt
 from posegpt.config import to_dict
+from posegpt.model_registry import BASE_MODEL_ARTIFACT, base_model_reference
 from posegpt.storage import StorageConfig, exists, join, read_bytes, write_bytes
 from posegpt.training.config import TrainConfig
 
@@ -29,6 +35,10 @@ MODEL_NAME = "model"
 """Artifact folder of the logged pyfunc model inside the MLflow run."""
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the checkpoint folder among the pyfunc model's artifacts."""
+PYFUNC_CODE = Path(posegpt.__file__).parent / "pyfunc_model.py"
+"""The pyfunc's code (MLflow models-from-code); it runs inside the logged model, not imported here."""
+QUERY_EXAMPLE = "Show me the pose of a person sitting with the left knee bent."
+"""The input example logged with every version (and the text of its signature)."""
 
 
 def read_run_id(run_dir: str, storage: StorageConfig | None) -> str | None:
@@ -37,50 +47,6 @@ def read_run_id(run_dir: str, storage: StorageConfig | None) -> str | None:
         return None
     text = read_bytes(uri, storage).decode().strip()
     return text or None
-
-
-class PoseQueryModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc model of a registered version: a text query in, the answer and its pose out.
-
-    Input: a DataFrame with a ``text`` column (or a list of strings); param
-    ``max_new_tokens``. Output: a DataFrame with ``answer`` (the generated text),
-    ``pose`` (72 axis-angle values of the first ``<POSE>``, empty when the answer
-    has none) and ``num_poses``. The checkpoint travels as the model's
-    ``checkpoint`` artifact and is loaded with ``posegpt.inference.PoseGPT``.
-    """
-
-    def load_context(self, context: Any) -> None:
-        from posegpt.inference import PoseGPT
-
-        self.posegpt = PoseGPT.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
-
-    # No type hints on predict: MLflow would try to derive a signature from them.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        import pandas as pd
-
-        texts = _texts(model_input)
-        max_new_tokens = int((params or {}).get("max_new_tokens", 64))
-        answers = self.posegpt.batch([{"messages": t} for t in texts], max_new_tokens=max_new_tokens)
-        return pd.DataFrame(
-            {
-                "answer": [a.text for a in answers],
-                "pose": [a.poses[0].astype(float).tolist() if len(a.poses) else [] for a in answers],
-                "num_poses": [len(a.poses) for a in answers],
-            }
-        )
-
-
-def _texts(model_input: Any) -> list[str]:
-    if isinstance(model_input, str):
-        return [model_input]
-    if hasattr(model_input, "columns"):
-        if "text" not in model_input.columns:
-            raise ValueError(f"pose queries need a 'text' column, got columns {list(model_input.columns)}")
-        return [str(t) for t in model_input["text"].tolist()]
-    if isinstance(model_input, dict) and "text" in model_input:
-        value = model_input["text"]
-        return [value] if isinstance(value, str) else [str(t) for t in value]
-    return [str(t) for t in model_input]
 
 
 class RunLogger:
@@ -192,22 +158,9 @@ class RunLogger:
         """
         if not self.enabled:
             return None
-        import pandas as pd
-        from mlflow.models import infer_signature
-
-        example = pd.DataFrame({"text": ["Show me the pose of a person sitting with the left knee bent."]})
-        output = pd.DataFrame(
-            {"answer": ["Here is the pose <POSE>."], "pose": [[0.0] * 72], "num_poses": [1]}
-        )
-        signature = infer_signature(example, output, params={"max_new_tokens": 64})
         register = self.cfg.logging.register_model
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=PoseQueryModel(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint_dir)},
-            signature=signature,
-            pip_requirements=_requirements(),
-            registered_model_name=self.cfg.tracking.registered_model if register else None,
+        info = log_pyfunc_model(
+            checkpoint_dir, registered_model_name=self.cfg.tracking.registered_model if register else None
         )
         mlflow.set_tags({"posegpt.final_checkpoint": checkpoint_uri, "posegpt.model_uri": info.model_uri})
         version = getattr(info, "registered_model_version", None)
@@ -217,6 +170,52 @@ class RunLogger:
         if self.enabled:
             if mlflow.active_run() is not None:
                 mlflow.end_run(status=status)
+
+
+def log_pyfunc_model(checkpoint_dir: str | Path, registered_model_name: str | None = None) -> Any:
+    """Log a checkpoint folder as a self-contained pyfunc model in the active run; returns MLflow's ``ModelInfo``.
+
+    The model is ``posegpt/pyfunc_model.py`` (models-from-code) with the ``posegpt``
+    package as ``code_paths``, a signature and an input example. ``MLmodel``'s metadata
+    names the base model by its canonical id and its location; a local base small
+    enough (``model_registry.BUNDLE_BASE_MODEL_MAX_BYTES``) travels as the
+    ``base_model`` artifact, so the version loads on a machine without that folder.
+    """
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from posegpt.config import load_config
+    from posegpt.model.checkpoint import CONFIG_FILE
+    from posegpt.model.config import PoseGPTModelConfig
+
+    checkpoint = Path(checkpoint_dir)
+    model_cfg = load_config(PoseGPTModelConfig, checkpoint / CONFIG_FILE, [])
+    base = base_model_reference(model_cfg.base_model)
+    example = pd.DataFrame({"text": [QUERY_EXAMPLE]})
+    output = pd.DataFrame({"answer": ["Here is the pose <POSE>."], "pose": [[0.0] * 72], "num_poses": [1]})
+    params = {"max_new_tokens": 64}
+    artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
+    if base.bundle:
+        artifacts[BASE_MODEL_ARTIFACT] = base.uri
+    with tempfile.TemporaryDirectory(prefix="posegpt-code-") as tmp:
+        # Only the package's sources: caches and compiled files of this checkout stay behind.
+        code = Path(tmp) / "posegpt"
+        shutil.copytree(Path(posegpt.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PYFUNC_CODE),
+            code_paths=[str(code)],
+            artifacts=artifacts,
+            signature=infer_signature(example, output, params=params),
+            input_example=(example, params),
+            pip_requirements=_requirements(),
+            metadata={
+                "base_model_id": base.canonical_id,
+                "base_model_uri": base.uri,
+                "base_model_bundled": base.bundle,
+            },
+            registered_model_name=registered_model_name,
+        )
 
 
 def _run_exists(run_id: str) -> bool:
@@ -232,7 +231,10 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for name in ("torch", "transformers", "peft", "safetensors", "tokenizers", "numpy", "pandas", "smplx"):
+    for name in (
+        "torch", "transformers", "peft", "safetensors", "tokenizers", "numpy", "pandas", "smplx",
+        "pyyaml", "pillow", "pyarrow", "boto3", "mlflow",
+    ):  # fmt: skip
         try:
             out.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
