@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from posegpt.config import ConfigError
-from serve.auth import key_matches, load_api_key, route_path
+from serve.auth import key_matches, load_api_key, route_path, session_token, session_valid
 from serve.settings import ServeConfig, config_from_args
 
 
@@ -52,3 +52,15 @@ def test_route_path_strips_the_route_prefix() -> None:
     assert route_path({"path": "/app/healthz", "root_path": "/app"}) == "/healthz"
     assert route_path({"path": "/healthz", "root_path": ""}) == "/healthz"
     assert route_path({"path": "/app", "root_path": "/app"}) == "/"
+
+
+def test_session_cookie_is_signed_with_the_key_and_expires() -> None:
+    token = session_token("k1", now=1000.0, ttl_s=60)
+    assert session_valid(token, "k1", now=1059.0)
+    assert not session_valid(token, "k1", now=1061.0)  # expired
+    assert not session_valid(token, "k2", now=1000.0)  # another key: every session ends
+    expiry, mac = token.split(".")
+    assert "k1" not in token
+    assert not session_valid(f"{int(expiry) + 3600}.{mac}", "k1", now=1000.0)  # a longer expiry is not signed
+    for bad in (None, "", "x", "1.2.3", f"{expiry}.", f".{mac}", f"-5.{mac}"):
+        assert not session_valid(bad, "k1", now=1000.0), bad

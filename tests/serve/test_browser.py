@@ -1,8 +1,10 @@
 """The web page in a real headless Chromium (Debian's package, driven by Playwright; no browser download).
 
-Loads the page from the local service, sends a message, waits for the body (server PNG and
-canvas viewer), takes a screenshot, checks that the canvas shows a body, that dragging turns
-it, and that the page fetched nothing from outside the service.
+The service has an API key: the browser opens the page, is sent to the sign-in form, enters
+the key, and comes back to the page with a session cookie (it never sends an Authorization
+header). It then sends a message, waits for the body (server PNG and canvas viewer), takes a
+screenshot, checks that the canvas shows a body, that dragging turns it, that ``/docs`` and
+the schema open with the same cookie, and that the page fetched nothing from outside the service.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.model import POSING_SAMPLES
-from tests.fixtures.serving import Served
+from tests.fixtures.serving import API_KEY, Served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -61,14 +63,23 @@ def test_page_chats_and_shows_the_body(served: Served, tmp_path: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(
-                viewport={"width": 1100, "height": 900}, extra_http_headers=served.headers
-            )
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
             page = context.new_page()
             page.on("request", lambda request: requested.append(request.url))
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(served.url + "/", wait_until="load")
+            assert page.url == f"{served.url}/login?next=/"
+            page.fill("#key", "not the key")
+            page.click("#sign-in")
+            page.wait_for_load_state("load")
+            assert page.inner_text("#status") == "Wrong key." and not context.cookies()
+            page.fill("#key", API_KEY)
+            page.click("#sign-in")
+            page.wait_for_selector("#message", timeout=30_000)
+            assert page.url == f"{served.url}/"
+            (session,) = context.cookies()
+            assert session["httpOnly"] and session["sameSite"] == "Strict" and API_KEY not in session["value"]
             page.fill("#message", STANDING)
             page.click("#send")
             page.wait_for_selector(".msg.assistant", timeout=60_000)
@@ -100,6 +111,13 @@ def test_page_chats_and_shows_the_body(served: Served, tmp_path: Path) -> None:
             )
             after = page.evaluate(CANVAS_PIXELS, [canvas, background])
             assert not errors, errors
+            # The API's own pages open with the same cookie (fetched without running their CDN script).
+            docs = context.request.get(f"{served.url}/docs")
+            assert docs.status == 200 and "openapi.json" in docs.text()
+            assert context.request.get(f"{served.url}/openapi.json").json()["info"]["title"] == "PoseGPT"
+            # A cookie alone never authorises a form post (cross-site forms cannot send JSON).
+            form = context.request.post(f"{served.url}/v1/chat", form={"messages": "x"})
+            assert form.status == 401
         finally:
             browser.close()
 
