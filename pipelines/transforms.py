@@ -25,7 +25,7 @@ import pyarrow as pa
 from pipelines.sources.items import Item
 from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
 from posegpt.schema import QA_COLUMNS, QA_SCHEMA, validate_row
-from posegpt.storage import StorageConfig, arrow_filesystem, is_s3
+from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, read_object
 from posegpt.templates import expand
 
 INPUT_COLUMN = "_input"
@@ -79,14 +79,9 @@ def read_image_bytes(uri: str, storage: StorageConfig) -> bytes:
     if is_s3(uri):
         fs, path = arrow_filesystem(uri, storage)
         try:
-            with fs.open_input_stream(path) as f:
-                return f.read()
+            return read_object(fs, path, uri, storage.max_attempts)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"image not found: {uri}") from exc
-        except OSError as exc:
-            if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
-                raise FileNotFoundError(f"image not found: {uri}") from exc
-            raise
     try:
         with open(uri, "rb") as f:
             return f.read()

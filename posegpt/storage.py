@@ -8,8 +8,8 @@ they never sit in a config file.
 
 Each process builds one pyarrow filesystem and one boto3 client per storage setting and
 reuses them (a Ray worker reading thousands of objects pays the connection set-up once).
-Both retry throttling and connection errors (pyarrow: AWS standard strategy; boto3:
-adaptive mode) up to ``max_attempts`` times, and folder transfers run ``max_concurrency``
+Both retry throttling, 5xx and connection errors (pyarrow: the AWS SDK's default
+exponential backoff; boto3: adaptive mode, which also paces the client) up to ``max_attempts`` times, and folder transfers run ``max_concurrency``
 objects at a time.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, replace
 from functools import lru_cache
@@ -72,7 +73,10 @@ def _s3_filesystem(
     kwargs: dict[str, Any] = {
         "region": region,
         "connect_timeout": connect_timeout_s,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        # The SDK's "default" strategy (exponential backoff from 25 ms) has no retry quota; the "standard"
+        # one stops retrying for the whole process once ~100 retries drained its quota, which a job of
+        # thousands of requests against a throttling store reaches (measured with moto behind a proxy).
+        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=max_attempts),
     }
     if endpoint_url:
         scheme, _, host = endpoint_url.partition("://")
@@ -126,13 +130,38 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def read_object(fs: pafs.FileSystem, path: str, uri: str, attempts: int) -> bytes:
+    """The bytes at ``path`` of ``fs``, with ``attempts`` tries of the whole read on S3.
+
+    pyarrow retries a throttled request inside the SDK, except a GetObject whose error body is
+    longer than the byte range asked for (a small object): the SDK then fails with
+    "Failed to flush response stream", which is not retried (seen against a store answering
+    503 SlowDown). Those reads are tried again here. FileNotFoundError is never retried.
+    """
+    last: OSError | None = None
+    for attempt in range(max(1, attempts) if isinstance(fs, pafs.S3FileSystem) else 1):
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            text = str(exc)
+            if "NoSuchKey" in text or "not found" in text.lower():
+                raise FileNotFoundError(f"{uri} does not exist") from exc
+            last = exc
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+    assert last is not None
+    raise last
+
+
 def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
+    cfg = cfg or StorageConfig()
     fs, path = arrow_filesystem(uri, cfg)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    return read_object(fs, path, uri, cfg.max_attempts)
 
 
 def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
@@ -150,8 +179,9 @@ def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _ = split_s3(uri)
-    # Two tries, not max_attempts: this check exists to fail fast on a wrong endpoint.
-    probe = replace(cfg or StorageConfig(), max_attempts=2)
+    # Three tries, not max_attempts: this check exists to fail fast on a wrong endpoint, yet a store
+    # that throttles the first tries of a request must still pass.
+    probe = replace(cfg or StorageConfig(), max_attempts=3)
     try:
         s3_client(probe).head_bucket(Bucket=bucket)
     except ClientError as exc:

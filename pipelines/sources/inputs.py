@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.safe_pickle import UnsafePickleError, restricted_load
-from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, join
+from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, join, read_object
 
 NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 """What ``np.load`` raises for a truncated or corrupt archive."""
@@ -66,8 +66,7 @@ class ReadContext:
         fs, p = arrow_filesystem(uri, self.storage)
         if fs.get_file_info(p).type != pafs.FileType.File:
             raise FileNotFoundError(f"{uri} does not exist")
-        with fs.open_input_stream(p) as f:
-            data = f.read()
+        data = read_object(fs, p, uri, self.storage.max_attempts)
         self.digests[uri] = hashlib.sha256(data).hexdigest()
         return data
 

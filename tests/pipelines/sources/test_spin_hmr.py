@@ -80,3 +80,68 @@ def test_truncated_npz_is_one_reject_naming_the_file(tmp_path) -> None:
         )
     )
     assert len(out) == 1 and "reject" in out[0] and str(path) in out[0]["reject"]
+
+
+def test_hmr2_byte_names_and_pickled_extra_info(tmp_path) -> None:
+    path = tmp_path / "hmr2" / "train.npz"
+    path.parent.mkdir(parents=True)
+    extra = np.array(
+        [{"fitting_loss": np.array({}), "source": "vitpose", "w": np.float32(0.5)}, {}], dtype=object
+    )
+    np.savez(
+        path,
+        imgname=np.array([b"images/a.jpg", "images/\u00e9.jpg".encode()]),
+        center=np.ones((2, 2)),
+        scale=np.full((2, 2), 50.0),
+        body_pose=poses(2),
+        has_body_pose=np.ones(2),
+        betas=np.zeros((2, 10)),
+        has_betas=np.ones(2),
+        extra_info=extra,
+    )
+    a, b = list(
+        read_hmr2("h", SourceConfig(reader="hmr2", path="hmr2", splits=["train"]), ReadContext(str(tmp_path)))
+    )
+    assert a["sample_id"] == "h:h/images/a.jpg:0" and b["meta"]["imgname"] == "images/\u00e9.jpg"
+    assert a["image"]["uri"] == str(tmp_path / "hmr2" / "images" / "a.jpg")
+    assert a["meta"]["extra_info"] == {"source": "vitpose", "w": 0.5} and "extra_info" not in b["meta"]
+
+
+def test_hostile_pickle_in_npz_is_refused_and_never_runs(tmp_path) -> None:
+    from tests.pipelines.sources.raw_files import Hostile
+
+    marker, control = tmp_path / "pwned", tmp_path / "control"
+    path = tmp_path / "hmr2" / "train.npz"
+    path.parent.mkdir(parents=True)
+    arrays = dict(imgname=np.array(["a.jpg"]), center=np.ones((1, 2)), scale=np.ones(1), body_pose=poses(1))
+    np.savez(path, **arrays, extra_info=np.array([Hostile(marker)], dtype=object))
+    (out,) = list(
+        read_hmr2("h", SourceConfig(reader="hmr2", path="hmr2", splits=["train"]), ReadContext(str(tmp_path)))
+    )
+    assert "refused" in out["reject"] and "extra_info" in out["reject"] and "open" in out["reject"]
+    assert not marker.exists()
+    # The control: numpy's own loader with pickles allowed does run the payload.
+    np.savez(tmp_path / "c.npz", extra_info=np.array([Hostile(control)], dtype=object))
+    np.load(tmp_path / "c.npz", allow_pickle=True)["extra_info"]
+    assert control.exists()
+
+
+def test_npz_is_planned_in_row_ranges_read_by_parts(tmp_path) -> None:
+    from pipelines.sources.spin_hmr import plan
+
+    spin_npz(
+        tmp_path / "spin" / "train.npz", [f"{i}.jpg" for i in range(5)], [[1, 1]] * 5, [1.0] * 5, poses(5)
+    )
+    src = SourceConfig(reader="spin", path="spin", splits=["train", "val"])
+    ctx = ReadContext(str(tmp_path))
+    parts = plan("spin", src, ctx, rows_per_part=2)
+    train = str(tmp_path / "spin" / "train.npz")
+    assert parts == [
+        {"file": train, "split": "train", "rows": [0, 2]},
+        {"file": train, "split": "train", "rows": [2, 4]},
+        {"file": train, "split": "train", "rows": [4, 5]},
+        {"file": str(tmp_path / "spin" / "val.npz"), "split": "val", "rows": None},
+    ]
+    whole = list(read_spin("spin", src, ctx))
+    by_parts = [item for part in parts for item in read_spin("spin", src, ReadContext(str(tmp_path)), part)]
+    assert by_parts == whole and len(whole) == 6 and "val.npz" in whole[-1]["reject"]
