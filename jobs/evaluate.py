@@ -13,6 +13,7 @@ training run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ if str(REPO) not in sys.path:
 from posegpt.runtime import DEFAULT_CACHE_DIR, setup_environment  # noqa: E402
 
 if TYPE_CHECKING:
+    from posegpt.evaluation.config import EvalConfig
     from posegpt.evaluation.results import EvalResult
 
 
@@ -40,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from posegpt.config import ConfigError, load_config
     from posegpt.evaluation.config import EvalConfig
+    from posegpt.tracking import apply_environment
 
     try:
         cfg = load_config(EvalConfig, args.config, args.overrides)
+        apply_environment(cfg, os.environ)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
@@ -58,7 +62,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
     print(summary(result))
+    promote(cfg, result)
     return 0
+
+
+def promote(cfg: EvalConfig, result: EvalResult) -> None:
+    """Move the model's alias (promotion.alias) to the evaluated version when it beats the holder."""
+    from mlflow.exceptions import MlflowException
+
+    from posegpt.evaluation.tracking_links import promote_if_better
+    from posegpt.tracking import resolve_tracking_uri
+
+    if not cfg.tracking.enabled:
+        return
+    try:
+        uri = resolve_tracking_uri(cfg.tracking, cfg.output_dir)
+        decision = promote_if_better(cfg.promotion, cfg.checkpoint, result.metrics(), uri, result.run_id)
+    except MlflowException as exc:
+        print(f"  promotion: failed, alias left as it was: {exc}", file=sys.stderr)
+        return
+    print(f"  promotion: {decision.reason}")
 
 
 def summary(result: EvalResult) -> str:

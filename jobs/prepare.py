@@ -15,6 +15,7 @@ still written then); 2 a bad config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_config(PrepareConfig, args.config, args.overrides)
+        tracking.apply_environment(cfg, os.environ)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ stopped (bad data, NaN loss), 2 a bad config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,10 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_environment()
 
     from posegpt.config import ConfigError, load_config
+    from posegpt.tracking import apply_environment
     from posegpt.training.config import TrainConfig
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
+        apply_environment(cfg, os.environ)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2

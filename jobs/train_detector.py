@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -70,7 +71,7 @@ def run(
     from pipelines.synthetic.yolo_dataset import world_labeled_images, write_yolo_dataset
     from posegpt import tracking
     from posegpt.config import dump_config
-    from posegpt.detect import PersonDetector, train_yolo, trained_detector_config
+    from posegpt.detect import PersonDetector, epoch_curves, train_yolo, trained_detector_config
 
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,8 @@ def run(
             tracking.log_config(cfg)
             mlflow.log_params({"world": str(Path(world).resolve()), "data_digest": dataset.digest})
             mlflow.log_metrics({k: float(v) for k, v in report.items() if isinstance(v, int | float)})
+            for epoch, values in epoch_curves(trained):
+                mlflow.log_metrics(values, step=epoch)
             for path in (weights, out / "detector.yaml", out / "metrics.json"):
                 mlflow.log_artifact(str(path))
     return report
@@ -132,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from posegpt.config import ConfigError, load_config
     from posegpt.detect import DetectorError, DetectorTrainConfig
+    from posegpt.tracking import apply_environment
 
     try:
         cfg = load_config(DetectorTrainConfig, args.config, args.overrides)
+        apply_environment(cfg, os.environ)
         report = run(cfg, args.world, args.out, args.weights_cache)
     except (ConfigError, DetectorError, FileNotFoundError, ValueError) as exc:
         print(f"train_detector: {exc}", file=sys.stderr)

@@ -546,6 +546,26 @@ def train_yolo(cfg: DetectorTrainConfig, data_yaml: Path, data_digest: str, out_
     return TrainedDetector(weights, run_dir, key, seconds, reused=False)
 
 
+def epoch_curves(trained: TrainedDetector) -> list[tuple[int, dict[str, float]]]:
+    """Per-epoch numbers Ultralytics wrote while training (losses, learning rates): ``(epoch, {name: value})``.
+
+    Read from the run's ``results.csv``, which stays beside reused weights; empty when it is missing.
+    """
+    import csv
+
+    path = trained.run_dir / "ultralytics" / "results.csv"
+    if not path.is_file():
+        return []
+    out = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            values = {k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")}
+            epoch = int(values.pop("epoch"))
+            values.pop("time", None)
+            out.append((epoch, values))
+    return out
+
+
 def trained_detector_config(cfg: DetectorTrainConfig, weights: Path, **overrides: Any) -> DetectorConfig:
     """Inference settings matching a detector trained with ``cfg``."""
     base = DetectorConfig(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,22 @@ class TrackingConfig:
     """Name under which training registers model versions."""
     enabled: bool = True
     """Set false to run without any MLflow logging (quick local experiments)."""
+    system_metrics: bool = True
+    """Log the machine's CPU, memory, disk and network use (and GPUs, where pynvml sees them) as ``system/*`` metrics of each run."""
+
+
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+"""Environment variable naming the tracking server when the config names none (MLflow's own convention)."""
+
+
+def apply_environment(config: Any, environ: Mapping[str, str]) -> None:
+    """Fill an empty ``config.tracking.tracking_uri`` from ``MLFLOW_TRACKING_URI``; entry points pass ``os.environ``.
+
+    A URI given in the preset or on the command line wins; the library itself never reads the environment.
+    """
+    section = getattr(config, "tracking", None)
+    if isinstance(section, TrackingConfig) and not section.tracking_uri and environ.get(ENV_TRACKING_URI):
+        section.tracking_uri = environ[ENV_TRACKING_URI]
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, default_dir: str | Path) -> str:
@@ -103,7 +119,7 @@ def run(
     if parent_run_id:
         kwargs["parent_run_id"] = parent_run_id
         kwargs["nested"] = True
-    with mlflow.start_run(tags=tags, **kwargs) as active:
+    with mlflow.start_run(tags=tags, log_system_metrics=cfg.system_metrics, **kwargs) as active:
         yield active
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from posegpt.detect import DetectorConfig
+from posegpt.evaluation.tracking_links import PromotionConfig
 from posegpt.retrieval import RetrievalConfig
 from posegpt.storage import StorageConfig
 from posegpt.templates import PRESETS
@@ -197,6 +198,8 @@ class EvalConfig:
     """Endpoint for ``s3://`` shard roots and checkpoints."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow tracking store; the evaluation run is linked to the checkpoint's training run."""
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    """Moving the registered model's alias (``champion``, what the service loads) to a ``models:/`` version that scores better."""
 
     def validate(self) -> None:
         """Check what the types allow but the evaluation cannot use (called by ``load_config``)."""

@@ -12,6 +12,7 @@ links them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from posegpt.model_registry import (
@@ -38,10 +39,12 @@ RUN_ID_FILE = "mlflow_run_id"
 
 __all__ = [
     "JOB_TAG",
+    "PromotionConfig",
     "checkpoint_for_workers",
     "checkpoint_subpath",
     "fetch_model_checkpoint",
     "parse_model_uri",
+    "promote_if_better",
     "run_id_from_checkpoint",
     "run_id_from_model_uri",
 ]
@@ -96,3 +99,89 @@ def run_exists(run_id: str, tracking_uri: str) -> bool:
     except MlflowException:
         return False
     return run.info.lifecycle_stage != "deleted"
+
+
+SCORE_TAG_PREFIX = "posegpt.eval."
+"""Model version tag ``posegpt.eval.<metric>``: the score the latest evaluation of that version gave it."""
+EVAL_RUN_VERSION_TAG = "posegpt.eval_run_id"
+"""Model version tag: the evaluation run behind its ``posegpt.eval.*`` scores."""
+
+
+@dataclass
+class PromotionConfig:
+    """When an evaluation of a registered version moves the model's alias (what the service loads) to it."""
+
+    alias: str = "champion"
+    """Alias the evaluation moves to the version it scored when that version beats the holder; empty: never promote."""
+    metric: str = "text2pose/pa_mpjpe"
+    """Evaluation metric compared between the version and the alias's holder (a key of the evaluation run's metrics)."""
+    higher_is_better: bool = False
+    """True for recalls and rates; False for errors such as PA-MPJPE."""
+
+
+@dataclass
+class Promotion:
+    """What an evaluation did with the alias, and why."""
+
+    promoted: bool
+    reason: str
+    version: str | None = None
+    previous: str | None = None
+
+
+def promote_if_better(
+    cfg: PromotionConfig,
+    checkpoint: str,
+    metrics: dict[str, float],
+    tracking_uri: str | None,
+    eval_run_id: str | None = None,
+) -> Promotion:
+    """Record the version's score on ``cfg.metric`` and move ``cfg.alias`` to it when it beats the holder.
+
+    Only a ``models:/`` checkpoint has a version to promote. The holder's score is its
+    ``posegpt.eval.<metric>`` tag; a holder without one (an alias set by hand) is replaced.
+    Ties keep the holder.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not cfg.alias:
+        return Promotion(False, "promotion is off (promotion.alias is empty)")
+    if parse_model_uri(checkpoint) is None or not tracking_uri:
+        return Promotion(False, f"{checkpoint} is not a registered version (models:/...): nothing to promote")
+    score = metrics.get(cfg.metric)
+    if score is None or score != score:
+        return Promotion(
+            False, f"the evaluation has no {cfg.metric!r} (promotion.metric): alias left as it was"
+        )
+    client, mv = model_version(checkpoint, tracking_uri)
+    version = str(mv.version)
+    tag = SCORE_TAG_PREFIX + cfg.metric
+    client.set_model_version_tag(mv.name, mv.version, tag, repr(float(score)))
+    if eval_run_id:
+        client.set_model_version_tag(mv.name, mv.version, EVAL_RUN_VERSION_TAG, eval_run_id)
+    try:
+        holder = client.get_model_version_by_alias(mv.name, cfg.alias)
+    except MlflowException:
+        holder = None
+    where = f"{mv.name} version {version} ({cfg.metric} {score:.4g})"
+    if holder is not None and str(holder.version) == version:
+        return Promotion(False, f"{where} already holds @{cfg.alias}", version, version)
+    held = (holder.tags or {}).get(tag) if holder is not None else None
+    if holder is not None and held is not None:
+        best = float(held)
+        better = score > best if cfg.higher_is_better else score < best
+        if not better:
+            return Promotion(
+                False,
+                f"{where} does not beat @{cfg.alias} = version {holder.version} ({best:.4g})",
+                version,
+                str(holder.version),
+            )
+    client.set_registered_model_alias(mv.name, cfg.alias, mv.version)
+    previous = str(holder.version) if holder is not None else None
+    was = (
+        f"version {previous}" + (f" ({float(held):.4g})" if held is not None else ", unscored")
+        if previous
+        else "none"
+    )
+    return Promotion(True, f"{where} is now @{cfg.alias} (was {was})", version, previous)

@@ -72,14 +72,17 @@ class RunLogger:
         if run_id and not _run_exists(run_id):
             # The run folder was logged to another tracking store: start a fresh MLflow run here.
             run_id = None
+        system_metrics = self.cfg.tracking.system_metrics
         if run_id:
-            mlflow.start_run(run_id=run_id)
+            mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
             # Params cannot change value once logged: a resumed run keeps its settings as an artifact.
             resumes = len(mlflow.MlflowClient().list_artifacts(run_id, "config"))
             mlflow.log_dict(to_dict(self.cfg), f"config/train-config-start{resumes}.json")
         else:
             active = mlflow.start_run(
-                run_name=self.cfg.run_name, tags={tracking.JOB_TAG: "train", "posegpt.run_dir": self.run_dir}
+                run_name=self.cfg.run_name,
+                tags={tracking.JOB_TAG: "train", "posegpt.run_dir": self.run_dir},
+                log_system_metrics=system_metrics,
             )
             run_id = active.info.run_id
             tracking.log_config(self.cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -110,6 +111,15 @@ def test_job_reuses_trained_weights_and_logs_to_mlflow(
     assert run.data.params["image_size"] == str(synthetic_detector.train_config.image_size)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"detector.pt", "detector.yaml", "metrics.json"} <= artifacts
+    # The per-epoch training curves, as Ultralytics wrote them beside the (reused) weights.
+    with (Path(first["trained_weights"]).parent / "ultralytics" / "results.csv").open() as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/box_loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [int(float(r["epoch"])) for r in rows]
+    assert len(rows) == synthetic_detector.train_config.epochs
+    by_step = {m.step: m.value for m in history}
+    for r in rows:
+        assert by_step[int(float(r["epoch"]))] == pytest.approx(float(r["train/box_loss"]), rel=1e-5)
 
 
 def test_job_names_a_folder_that_is_not_a_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

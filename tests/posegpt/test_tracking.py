@@ -50,3 +50,45 @@ def test_disabled_tracking_logs_nothing(tmp_path: Path) -> None:
 def test_s3_output_needs_a_tracking_uri() -> None:
     with pytest.raises(ValueError, match=r"tracking\.tracking_uri must be set"):
         tracking.resolve_tracking_uri(TrackingConfig(), "s3://bucket/out")
+
+
+@pytest.mark.parametrize(
+    "configured,environ,expected",
+    [
+        (None, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, "http://mlflow:5000"),
+        ("sqlite:///x.db", {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, "sqlite:///x.db"),
+        (None, {}, None),
+        (None, {"MLFLOW_TRACKING_URI": ""}, None),
+    ],
+)
+def test_environment_names_the_server_only_when_the_config_names_none(configured, environ, expected) -> None:
+    from posegpt.evaluation.compare import CompareConfig
+
+    cfg = CompareConfig(tracking=TrackingConfig(tracking_uri=configured))
+    tracking.apply_environment(cfg, environ)
+    assert cfg.tracking.tracking_uri == expected
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_runs_log_system_metrics_when_asked(tmp_path: Path, enabled: bool) -> None:
+    import time
+
+    import mlflow
+
+    mlflow.set_system_metrics_sampling_interval(1)
+    try:
+        cfg = TrackingConfig(experiment="system-metrics", system_metrics=enabled)
+        with tracking.run(cfg, tmp_path, run_name="job") as active:
+            time.sleep(2.5)
+            run_id = active.info.run_id
+    finally:
+        mlflow.set_system_metrics_sampling_interval(None)
+    metrics = (
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).data.metrics
+    )
+    system = {k for k in metrics if k.startswith("system/")}
+    if enabled:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+        assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    else:
+        assert not system
