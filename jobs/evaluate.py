@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from posegpt.evaluation.config import EvalConfig
     from posegpt.evaluation.results import EvalResult
 
+SUMMARY_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("pa_mpjpe", "PA-MPJPE", " mm"),
+    ("mpjpe", "MPJPE", " mm"),
+    ("mpjre_x100", "MPJRE×100", ""),
+    ("pa_mpjpe_14", "PA-MPJPE (14)", " mm"),
+    ("mpjpe_14", "MPJPE (14)", " mm"),
+)
+"""Numbers of the printed table, each shown where the task has it."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -93,10 +102,14 @@ def summary(result: EvalResult) -> str:
     for task, tres in result.tasks.items():
         for method, mr in tres.methods.items():
             m = mr.means()
-            lines.append(
-                f"  {task:<10} {METHOD_TITLES.get(method, method):<28} PA-MPJPE {m['pa_mpjpe']:7.1f} mm  "
-                f"MPJPE {m['mpjpe']:7.1f} mm  MPJRE×100 {m['mpjre_x100']:6.1f}"
-            )
+            # Joints-only sources (H36M protocol 2) have the 14-joint pair and no rotation error.
+            numbers = [
+                f"{title} {m[key]:7.1f}{unit}"
+                for key, title, unit in SUMMARY_METRICS
+                if key in m
+                and (key.endswith("_14") or "pa_mpjpe_14" not in m or key not in ("mpjpe", "pa_mpjpe"))
+            ]
+            lines.append(f"  {task:<10} {METHOD_TITLES.get(method, method):<28} " + "  ".join(numbers))
     for row in retrieval_rows(result):
         lines.append(
             f"  {row['task']:<10} recall, poses from {METHOD_TITLES.get(row['method'], row['method']):<28} "

@@ -7,7 +7,7 @@ Layout of ``<report_dir>``::
     metrics.csv          task, method, group, metric, value (long format)
     baselines.csv        one row per task and method, metrics side by side
     retrieval.csv        recalls of every method and the ceiling, with chance
-    predictions/<task>.csv  per-sample ids, errors, and the model's pose (``model/pose``: 72
+    predictions/<task>.csv  per-sample ids, the question asked, errors, and the model's pose (``model/pose``: 72
                          axis-angle values, space-separated, exact float32 round trip)
     examples/<task>_<case>.png  best / median / worst rendered examples
 """
@@ -133,6 +133,8 @@ def write_report(
         rows = []
         for i, sid in enumerate(tr.rows.sample_ids):
             row: dict[str, Any] = {"sample_id": sid, "source": tr.rows.sources[i]}
+            # The question as the model was asked it (a template preset may rephrase the shard's).
+            row["question"] = tr.rows.prompts[i][-1]["content"] if tr.rows.prompts[i] else ""
             for method, mr in tr.methods.items():
                 for name, v in mr.scores.values.items():
                     row[f"{method}/{name}"] = float(v[i])
@@ -165,7 +167,9 @@ def render_markdown(
     parts += [
         "",
         "Errors: joints of the body model with betas 0; MPJPE after subtracting the pelvis, "
-        "PA-MPJPE after a per-sample similarity Procrustes fit, MPJRE = mean geodesic angle over the 24 joints (×100).",
+        "PA-MPJPE after a per-sample similarity Procrustes fit, MPJRE = mean geodesic angle over the 24 joints (×100). "
+        "H36M 14: SPIN's 14 joints regressed from the mesh, minus the regressed pelvis (joints-only sources: "
+        "against SPIN's 3D joints, no pose, so no MPJRE).",
         "",
     ]
 
@@ -185,8 +189,9 @@ def render_markdown(
         parts += [
             "## Retrieval recall (PoseScript protocol)",
             "",
-            "A text–pose retrieval model trained on ground-truth training poses ranks the whole test split; "
-            "each method's poses stand in for the ground truth. The ground-truth row is the ceiling.",
+            "A text–pose retrieval model trained on ground-truth training poses ranks each task's whole test split "
+            "(text2pose: captions; spg: the implicit descriptions); each method's poses stand in for the ground "
+            "truth. The ground-truth row is the ceiling.",
             "",
         ]
         keys = [f"r_t2p_{k}" for k in RECALL_KS] + [f"r_p2t_{k}" for k in RECALL_KS] + ["r_mean"]

@@ -51,7 +51,7 @@ class MethodResult:
     missing_poses: int = 0
     """Answers without a ``<POSE>`` (scored with the fallback pose)."""
     recalls: RetrievalRecalls | None = None
-    """R^T2P / R^P2T with this method's poses in place of the ground truth (text2pose)."""
+    """R^T2P / R^P2T with this method's poses in place of the ground truth (text2pose, spg)."""
     poses: np.ndarray | None = None
     """(N, 72) the poses scored, in row order (fallback poses included), for the per-sample report."""
     by_source: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -70,6 +70,8 @@ class TaskResult:
     methods: dict[str, MethodResult] = field(default_factory=dict)
     gt_recalls: RetrievalRecalls | None = None
     """The retrieval model's recall on ground-truth poses: what a perfect generator would get."""
+    joints: np.ndarray | None = None
+    """(N, 14, 3) ground-truth joints (metres) of a joints-only source, whose rows have no pose."""
     notes: list[str] = field(default_factory=list)
 
 

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from posegpt.body import BodyModel
 from posegpt.config import to_dict
 from posegpt.evaluation import tracking_links as links
 from posegpt.evaluation.baselines import NearestNeighbour, mean_pose
 from posegpt.evaluation.checkpoint_check import CheckpointInfo, check_checkpoint
-from posegpt.evaluation.config import TEXT_TASKS, EvalConfig
+from posegpt.evaluation.config import RECALL_TASKS, SHARD_PROMPTS, TEXT_TASKS, EvalConfig
 from posegpt.evaluation.examples import CASES, BodyRenderer, pick_cases, read_images, render_example
+from posegpt.evaluation.joints_source import read_spin_joints, write_query_shard
 from posegpt.evaluation.predict import (
     DETECTED_CROP_VARIANT,
     GT_CROP_VARIANT,
@@ -52,14 +54,25 @@ from posegpt.evaluation.results import (
     TaskResult,
 )
 from posegpt.evaluation.scoring import PoseScorer, grouped_means, load_h36m_regressor
-from posegpt.evaluation.shards import ShardError, TaskRows, list_shard_files, read_manifest, read_task_rows
+from posegpt.evaluation.shards import (
+    ShardError,
+    TaskRows,
+    list_shard_files,
+    prompt_turns,
+    read_manifest,
+    read_task_rows,
+    subset_indices,
+)
 from posegpt.retrieval import RECALL_KS, TextPoseRetrieval, chance_recall
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.skeleton import POSE_DIM
 from posegpt.storage import is_s3
+from posegpt.templates import DEFAULT_PRESET
 
 RETRIEVAL_TASK = "text2pose"
 """The task whose captions train the retrieval model and whose test split is its gallery."""
+JOINTS_MEAN_POSE_FROM = "image2pose"
+"""Training task whose mean pose answers a joints-only source (unless ``baselines.mean_pose_from`` names one)."""
 
 
 def _log(msg: str) -> None:
@@ -88,16 +101,20 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     tasks: dict[str, TaskRows] = {}
     skipped: dict[str, str] = {}
+    preset = None if cfg.data.prompts == SHARD_PROMPTS else cfg.data.prompts
     for task in cfg.data.tasks:
         try:
-            tasks[task] = read_task_rows(
+            rows = read_task_rows(
                 cfg.data.shard_root,
                 task,
                 cfg.data.split,
                 cfg.storage,
-                need_captions=task == RETRIEVAL_TASK,
+                need_captions=task in RECALL_TASKS or (preset is not None and task != "image2pose"),
                 max_rows=cfg.data.max_samples,
             )
+            if cfg.data.subset and task in cfg.data.subset_tasks:
+                rows = rows.subset_per_source(cfg.data.subset, cfg.data.subset_seed)
+            tasks[task] = rows if preset is None else rows.rephrased(preset, cfg.seed)
         except ShardError as exc:
             if cfg.data.skip_missing_tasks and not list_shard_files(
                 cfg.data.shard_root, task, cfg.data.split, cfg.storage
@@ -107,7 +124,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                 continue
             raise
         _log(f"{task}/{cfg.data.split}: {len(tasks[task])} rows")
-    if not tasks:
+    joint_tasks, joint_gt = _joint_sources(cfg, out_dir, preset or DEFAULT_PRESET)
+    if not tasks and not joint_tasks:
         raise ShardError(
             f"none of the tasks {cfg.data.tasks} has a {cfg.data.split!r} split in {cfg.data.shard_root}"
         )
@@ -132,13 +150,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         return train_rows[task]
 
     means: dict[str, np.ndarray] = {}
-    for task in tasks:
-        source = cfg.baselines.mean_pose_from.get(task, task)
+    for task in [*tasks, *joint_tasks]:
+        source = _mean_pose_task(cfg, task, joint_tasks)
         if source not in means:
             means[source] = mean_pose(train_of(source).poses)
 
     # 2. retrieval model -----------------------------------------------------------------
-    needs_retrieval = RETRIEVAL_TASK in tasks or (
+    needs_retrieval = any(t in RECALL_TASKS for t in tasks) or (
         cfg.baselines.nearest_neighbour and any(t in TEXT_TASKS for t in tasks)
     )
     retrieval: TextPoseRetrieval | None = None
@@ -168,8 +186,17 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     inf = cfg.inference
     result = EvalResult(checkpoint=cfg.checkpoint, tasks={}, skipped=skipped, train_run_id=train_run_id)
     jobs = [
-        PredictJob(task, rows.files, rows.sample_ids, complete=rows.complete) for task, rows in tasks.items()
+        PredictJob(
+            task,
+            rows.files,
+            rows.sample_ids,
+            complete=rows.complete,
+            prompt_preset=preset,
+            prompt_seed=cfg.seed,
+        )
+        for task, rows in tasks.items()
     ]
+    jobs += [PredictJob(name, rows.files, rows.sample_ids) for name, rows in joint_tasks.items()]
     for task, rows in tasks.items():
         result.tasks[task] = TaskResult(task, rows)
         if task != "rpe" or not (cfg.baselines.rpe_gt_crop or cfg.baselines.rpe_detected_crop):
@@ -216,7 +243,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     result.predict_seconds = stats.seconds
     result.generation_seconds = stats.generation_seconds
     _log(f"{stats.rows} answers in {stats.seconds:.1f} s ({result.samples_per_second:.2f} samples/s)")
-    predictions = {task: answers[(task, "as_is")] for task in tasks}
+    predictions = {task: answers[(task, "as_is")] for task in [*tasks, *joint_tasks]}
     crop_predictions = {
         (task, method): answers[(task, variant)]
         for task in tasks
@@ -229,6 +256,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     if retrieval is not None and cfg.baselines.nearest_neighbour:
         tr = train_of(RETRIEVAL_TASK, need_captions=True)
         nearest = NearestNeighbour(retrieval, tr.poses, [c or "" for c in tr.captions])
+    for name, rows in joint_tasks.items():
+        result.tasks[name] = TaskResult(name, rows, joints=joint_gt[name])
+        _score_joint_task(
+            cfg, result.tasks[name], predictions[name], means[_mean_pose_task(cfg, name, joint_tasks)], scorer
+        )
     for task, rows in tasks.items():
         _score_task(
             cfg,
@@ -298,16 +330,79 @@ def _score_task(
         mr.by_source = grouped_means(scores, rows.sources)
         if types is not None:
             mr.by_type = grouped_means(scores, [t or "unspecified" for t in types])
-        if task == RETRIEVAL_TASK and retrieval is not None:
+        if task in RECALL_TASKS and retrieval is not None:
             mr.recalls = retrieval.recalls(captions, poses)
         tres.methods[method] = mr
-    if task == RETRIEVAL_TASK and retrieval is not None:
+    if task in RECALL_TASKS and retrieval is not None:
         tres.gt_recalls = retrieval.recalls(captions, rows.poses)
     if task == "rpe" and types is None:
         tres.notes.append("rows carry no description type in meta, so RPE is not broken down by type")
     _log(
         f"{task}: "
         + ", ".join(f"{m} PA-MPJPE {r.means()['pa_mpjpe']:.1f} mm" for m, r in tres.methods.items())
+    )
+
+
+def _mean_pose_task(cfg: EvalConfig, task: str, joint_tasks: dict[str, TaskRows]) -> str:
+    default = JOINTS_MEAN_POSE_FROM if task in joint_tasks else task
+    return cfg.baselines.mean_pose_from.get(task, default)
+
+
+def _joint_sources(
+    cfg: EvalConfig, out_dir: Path, preset: str
+) -> tuple[dict[str, TaskRows], dict[str, np.ndarray]]:
+    """Rows of each joints-only source (a query shard under ``<output_dir>/joints/<name>/``) and their 14 joints."""
+    rows_of: dict[str, TaskRows] = {}
+    joints: dict[str, np.ndarray] = {}
+    for name, src in cfg.data.joints_sources.items():
+        jrows = read_spin_joints(src.npz, src.dataset, cfg.storage)
+        total = len(jrows)
+        if cfg.data.subset:
+            jrows = jrows.take(subset_indices(jrows.sample_ids, cfg.data.subset, cfg.data.subset_seed))
+        if cfg.data.max_samples:
+            jrows = jrows.take(np.arange(min(cfg.data.max_samples, len(jrows))))
+        query = write_query_shard(
+            jrows, src, out_dir / "joints" / name / "part-00000.parquet", preset, cfg.seed, cfg.storage
+        )
+        table = pq.read_table(query, columns=["sample_id", "conversation", "meta"]).to_pylist()
+        rows_of[name] = TaskRows(
+            task=name,
+            split="test",
+            files=[str(query)],
+            sample_ids=[r["sample_id"] for r in table],
+            sources=[src.dataset] * len(table),
+            poses=np.zeros((len(table), 0), np.float32),
+            prompts=[prompt_turns(r["conversation"], r["sample_id"]) for r in table],
+            captions=[None] * len(table),
+            meta=[json.loads(r["meta"]) for r in table],
+        )
+        joints[name] = jrows.joints14
+        _log(f"{name}: {len(jrows)} of {total} rows of {src.npz} (joints only, SPIN's 14-joint protocol)")
+    return rows_of, joints
+
+
+def _score_joint_task(
+    cfg: EvalConfig, tres: TaskResult, preds: dict[str, Prediction], fallback: np.ndarray, scorer: PoseScorer
+) -> None:
+    """MPJPE / PA-MPJPE on SPIN's 14 joints for the model and the mean pose (no pose, so no MPJRE)."""
+    rows = tres.rows
+    assert tres.joints is not None
+    methods: dict[str, tuple[np.ndarray, int]] = {MODEL: _stack(rows, preds, fallback)}
+    if cfg.baselines.mean_pose:
+        methods[MEAN_POSE] = (np.repeat(fallback[None], len(rows), axis=0), 0)
+    if methods[MODEL][1]:
+        tres.notes.append(
+            f"{methods[MODEL][1]} of {len(rows)} answers had no <POSE>; they are scored with the mean training pose"
+        )
+    tres.notes.append("joints only (no ground-truth pose): MPJPE and PA-MPJPE on SPIN's 14 joints")
+    for method, (poses, missing) in methods.items():
+        scores = scorer.score_joints(rows.sample_ids, poses, tres.joints)
+        mr = MethodResult(method, scores, missing_poses=missing, poses=np.asarray(poses, np.float32))
+        mr.by_source = grouped_means(scores, rows.sources)
+        tres.methods[method] = mr
+    _log(
+        f"{tres.task}: "
+        + ", ".join(f"{m} PA-MPJPE (14) {r.means()['pa_mpjpe_14']:.1f} mm" for m, r in tres.methods.items())
     )
 
 
@@ -397,6 +492,8 @@ def _render_examples(
     renderer = BodyRenderer(body, cfg.report.render_size)
     out: dict[str, dict[str, Path]] = {}
     for task, tres in result.tasks.items():
+        if tres.joints is not None:
+            continue  # no ground-truth pose to draw
         rows = tres.rows
         model = tres.methods[MODEL]
         cases = pick_cases(model.scores.values["pa_mpjpe"])
