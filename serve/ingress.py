@@ -53,8 +53,16 @@ from posegpt.config import from_dict
 from posegpt.model.conversation import normalize_messages
 from posegpt.storage import is_s3
 from serve import openai_api
-from serve.auth import PAGES, SESSION_COOKIE, SESSION_TTL_S, BearerKeyMiddleware, load_api_key, session_token
-from serve.auth import key_matches as _key_matches
+from serve.auth import (
+    PAGES,
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    BearerKeyMiddleware,
+    key_matches,
+    load_api_key,
+    route_path,
+    session_token,
+)
 from serve.errors import error_response, request_id_from_scope
 from serve.limits import (
     BodyGuardMiddleware,
@@ -150,8 +158,6 @@ class _CatchAll:
                 if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
                     headers.append((b"x-content-type-options", b"nosniff"))
                 message = {**message, "headers": headers}
-                from serve.auth import route_path
-
                 self.responses.inc(
                     tags={"route": route_template(route_path(scope)), "status": str(message["status"])}
                 )
@@ -752,7 +758,7 @@ def build_api(service: PoseIngress) -> FastAPI:
         given = (form.get("key") or [""])[0].strip()
         if service.api_key is None:
             return RedirectResponse(f"{root}{target}", status_code=303)
-        if not _key_matches(f"Bearer {given}", service.api_key):
+        if not key_matches(f"Bearer {given}", service.api_key):
             return HTMLResponse(
                 service.login_page(root, target, "Wrong key."),
                 status_code=401,

@@ -49,6 +49,9 @@ def detect_url(serve_http: str, posing_checkpoint_dir: Path, synthetic_detector)
             "detector.image_size": str(det.image_size),
             "detector.padding": str(det.padding),
             "detect_crop_size": str(CROP_SIZE),
+            "detector_deployment.num_cpus": "0",
+            "detector_deployment.autoscaling": "false",
+            "limits.max_model_calls": "6",
         }
     )
     serve.run(application, name="detect", route_prefix="/detect")
@@ -122,9 +125,22 @@ def test_detect_needs_an_image_and_a_detector(detect_url: str) -> None:
     assert response.json()["error"]["message"] == "queries[0]: detect needs an image"
 
 
+def test_model_work_of_one_request_is_bounded(detect_url: str, scene) -> None:
+    """3 people found + 4 plain queries = 7 model queries, over limits.max_model_calls = 6 here."""
+    data, _ = scene
+    queries = [{"text": PROMPT, "image": _b64(data), "detect": True}] + [{"text": PROMPT}] * 4
+    response = httpx.post(f"{detect_url}/v1/poses", json={"queries": queries}, timeout=300)
+    assert response.status_code == 422, response.text
+    err = response.json()["error"]
+    assert (err["limit"], err["value"], err["maximum"]) == ("limits.max_model_calls", 7, 6)
+    # One query fewer fits.
+    response = httpx.post(f"{detect_url}/v1/poses", json={"queries": queries[:4]}, timeout=300)
+    assert response.status_code == 200 and len(response.json()["results"][0]["people"]) == 3
+
+
 def test_service_without_detector_refuses_detect(tmp_path: Path) -> None:
     from posegpt.config import ConfigError
-    from serve.ingress import load_detector
+    from serve.detector import load_detector
     from serve.settings import config_from_args
 
     cfg = config_from_args({"checkpoint": str(tmp_path)})
@@ -136,4 +152,5 @@ def test_service_without_detector_refuses_detect(tmp_path: Path) -> None:
     detector, why = load_detector(
         config_from_args({"checkpoint": str(tmp_path), "detector.weights": str(bad)})
     )
-    assert detector is None and str(bad) in why
+    # The reason names no local path (it is sent to clients); the replica log has the details.
+    assert detector is None and "did not load" in why and str(tmp_path) not in why
