@@ -141,8 +141,13 @@ def missing_inputs(cfg: PrepareConfig) -> list[str]:
             continue
         for key in ("path", "image_root", "amass_root", "posescript"):
             value = getattr(src, key)
-            if value and not ctx.exists(ctx.path(value)):
-                missing.append(f"sources.{name}.{key} = {ctx.path(value)}")
+            if not value:
+                continue
+            uri = ctx.path(value)
+            # A shard pattern ({000000..000017}.tar) is checked by its folder; a missing shard is a reject.
+            where = uri.rsplit("/", 1)[0] if src.reader == "hmr2_tar" and "{" in uri else uri
+            if not ctx.exists(where):
+                missing.append(f"sources.{name}.{key} = {uri}")
     return missing
 
 

@@ -301,3 +301,29 @@ def test_s3_refusing_the_first_two_tries_of_every_request(
         )
     )
     assert manifest["counts"] == local.manifest["counts"]
+
+
+def test_real_preset_names_release_files_and_a_shard_pattern_is_checked_by_its_folder(tmp_path: Path) -> None:
+    from pipelines.prepare import missing_inputs
+    from pipelines.sources import READERS
+
+    real = load_config(PrepareConfig, Path(__file__).resolve().parents[2] / "configs/prepare/real.yaml", [])
+    assert {s.reader for s in real.sources.values()} <= set(READERS)
+    tars = {n: s.path for n, s in real.sources.items() if s.reader == "hmr2_tar"}
+    # 4D-Humans' datasets_tar.yaml names these shard sets.
+    assert tars == {
+        "h36m_train": "hmr2_training_data/dataset_tars/h36m-train/{000000..000312}.tar",
+        "mpii_train": "hmr2_training_data/dataset_tars/mpii-train/{000000..000009}.tar",
+        "coco_train": "hmr2_training_data/dataset_tars/coco-train-2014-pruned/{000000..000017}.tar",
+    }
+    assert real.sources["mpi_inf_3dhp_train"].path == "spin/dataset_extras/mpi_inf_3dhp_train.npz"
+    assert real.sources["posescript_v1"].layout == "v1" and real.sources["posescript_v1"].enabled
+    root = tar_world(tmp_path / "raw")
+    cfg = tar_config(root, str(tmp_path / "o"), "sources.coco.path=tars/{000000..000003}.tar")
+    assert missing_inputs(cfg) == []
+    result = prepare(cfg)
+    # Shards 2 and 3 of the pattern are not there: each is one reject naming it, the rest is read.
+    missing = [r["reason"] for r in read_dir(tmp_path / "o" / "rejects") if "cannot be opened" in r["reason"]]
+    assert len(missing) == 2 and result.accepted == 3
+    cfg = tar_config(root, str(tmp_path / "o2"), "sources.coco.path=nothing/{000000..000003}.tar")
+    assert missing_inputs(cfg) == [f"sources.coco.path = {root}/nothing/{{000000..000003}}.tar"]
