@@ -364,8 +364,13 @@ def serve_and_query(cfg: DemoConfig, paths: Paths, checkpoint: str) -> dict[str,
         deployments={
             "PoseModel": {"ray_actor_options": {"num_cpus": 1, "num_gpus": 0}},
             "PoseIngress": {"ray_actor_options": {"num_cpus": 0}},
+            # The cluster file asks 2 CPUs per detector replica; the demo's small Ray has none to spare.
+            "PersonDetector": {"ray_actor_options": {"num_cpus": 0, "num_gpus": 0}},
         },
-        replace={"PoseModel": {"autoscaling_config": None, "num_replicas": 1}},
+        replace={
+            "PoseModel": {"autoscaling_config": None, "num_replicas": 1},
+            "PersonDetector": {"autoscaling_config": None, "num_replicas": 1},
+        },
     )
     url = f"http://127.0.0.1:{port}"
     try:
