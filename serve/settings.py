@@ -189,7 +189,8 @@ def _ingress_defaults() -> ReplicaOptions:
 
 
 def _detector_defaults() -> ReplicaOptions:
-    # One image at a time per replica; idle without detect requests, so it may scale to zero.
+    # One image at a time per replica; idle without detect requests, so it may scale to zero. Half a
+    # CPU, so that model (1) + ingress (0.25) + detector fit the 2 CPUs of a laptop's `serve run`.
     return ReplicaOptions(
         autoscaling=True,
         min_replicas=0,
@@ -197,7 +198,7 @@ def _detector_defaults() -> ReplicaOptions:
         target_ongoing_requests=2.0,
         max_ongoing_requests=4,
         max_queued_requests=32,
-        num_cpus=1.0,
+        num_cpus=0.5,
     )
 
 
