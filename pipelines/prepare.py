@@ -277,6 +277,7 @@ def transform_settings(cfg: PrepareConfig) -> TransformSettings:
         limits=cfg.image_limits,
         storage=cfg.storage,
         raw_root=cfg.raw_root.rstrip("/"),
+        templates=cfg.templates,
     )
 
 
@@ -362,6 +363,7 @@ def prepare(cfg: PrepareConfig, code: dict[str, str | None] | None = None) -> Pr
                 "crop_padding",
                 "jpeg_quality",
                 "all_captions",
+                "templates",
                 "rows_per_file",
                 "image_limits",
             )

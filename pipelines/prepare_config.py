@@ -15,6 +15,7 @@ from posegpt.crops import ImageLimits
 from posegpt.detect import DetectorConfig
 from posegpt.schema import SPLITS
 from posegpt.storage import StorageConfig
+from posegpt.templates import TemplateConfig
 from posegpt.tracking import TrackingConfig
 
 READER_NAMES: tuple[str, ...] = (
@@ -89,6 +90,8 @@ class PrepareConfig:
     """Images over these limits are rejected before decoding."""
     all_captions: bool = False
     """PoseScript: one row per caption instead of one per pose (human caption, else a seeded automatic one)."""
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    """Question/answer phrasings: the preset and how many variants per training sample (posegpt.templates)."""
     max_reject_fraction: float = 0.1
     """The job fails (exit 1) when rejected / read exceeds this, after writing everything."""
     engine: str = "ray"
@@ -138,6 +141,10 @@ class PrepareConfig:
             raise ConfigError("image_limits.max_bytes and image_limits.max_pixels must be >= 1")
         if not self.out:
             raise ConfigError("out must name an output folder or s3:// prefix")
+        try:
+            self.templates.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         for name, src in self.sources.items():
             if src.reader not in READER_NAMES:
                 raise ConfigError(f"sources.{name}.reader: {src.reader!r} is not one of {list(READER_NAMES)}")

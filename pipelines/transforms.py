@@ -26,7 +26,7 @@ from pipelines.sources.items import Item
 from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
 from posegpt.schema import QA_COLUMNS, QA_SCHEMA, validate_row
 from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, read_object
-from posegpt.templates import expand
+from posegpt.templates import TemplateConfig, expand_variants
 
 INPUT_COLUMN = "_input"
 REASON_COLUMN = "_reason"
@@ -35,6 +35,8 @@ PART_COLUMN = "_part"
 SEQ_COLUMN = "_seq"
 DIGESTS_COLUMN = "_digests"
 IMAGE_COLUMN = "_image"
+VARIANT_COLUMN = "_variant"
+"""Position of a row among its item's template variants (0 for the first or only row)."""
 ITEM_COLUMN = "item"
 """Column of JSON-encoded work items (null on a part's closing marker row)."""
 
@@ -53,6 +55,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field(INPUT_COLUMN, pa.string()),
         pa.field(REASON_COLUMN, pa.string()),
         pa.field(FILE_COLUMN, pa.string()),
+        pa.field(VARIANT_COLUMN, pa.int32()),
         *_BOOKKEEPING,
     ]
 )
@@ -72,6 +75,8 @@ class TransformSettings:
     storage: StorageConfig = field(default_factory=StorageConfig)
     raw_root: str = ""
     """Prefix stripped from paths in ``meta`` and ``_file``, so rows do not depend on where the data sits."""
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    """Template preset and variants per sample."""
 
 
 def read_image_bytes(uri: str, storage: StorageConfig) -> bytes:
@@ -150,54 +155,71 @@ def _image_bytes(
 
 def transform_item(
     item: Item, settings: TransformSettings, image_data: bytes | None = None
-) -> dict[str, Any]:
-    """One output record (QA and reject columns): a row, or a reject when ``_reason`` is set.
+) -> list[dict[str, Any]]:
+    """The output records of one item (QA and reject columns): its rows, or one reject (``_reason`` set).
 
+    A templated item becomes ``settings.templates.variants`` rows in the variant splits (ids
+    ``<sample id>:<v>``, ``posegpt.templates.expand_variants``), else one; ``_variant`` numbers them.
     ``image_data``: the image's bytes when the reader carried them (else they are read from its URI).
     """
     if "reject" in item:
-        return _reject(item, item["reject"], settings)
+        return [_reject(item, item["reject"], settings)]
     meta = dict(item.get("meta") or {})
     try:
         image = _image_bytes(item, settings, meta, image_data) if item.get("image") else None
         if item["task"] in ("vqa", "person_crop"):  # these readers give the conversation itself
-            conversation = item["conversation"]
+            variants = [(item["sample_id"], item["conversation"], None)]
         else:
-            conversation, templates = expand(item["task"], item.get("text"), item["sample_id"], settings.seed)
-            meta["templates"] = templates
+            variants = expand_variants(
+                item["task"],
+                item.get("text"),
+                item["sample_id"],
+                settings.seed,
+                settings.templates,
+                item["split"],
+            )
     except (FileNotFoundError, ValueError, OSError) as exc:
-        return _reject(item, str(exc), settings)
-    row = {
-        "sample_id": item["sample_id"],
-        "task": item["task"],
-        "source": item["source"],
-        "split": item["split"],
-        "conversation": conversation,
-        "image": image,
-        "poses": item.get("poses"),
-        "betas": item.get("betas"),
-        "caption": item.get("caption"),
-        "label_source": item.get("label_source"),
-        "meta": json.dumps(relative(meta, settings.raw_root), sort_keys=True),
-    }
-    reason = validate_row(row)
-    if reason:
-        return _reject({**item, "meta": meta}, f"{item['sample_id']}: {reason}", settings)
-    row[INPUT_COLUMN] = item["input"]
-    row[REASON_COLUMN] = None
-    row[FILE_COLUMN] = relative(item.get("file"), settings.raw_root)
-    return row
+        return [_reject(item, str(exc), settings)]
+    rows = []
+    for v, (sample_id, conversation, template_ids) in enumerate(variants):
+        row_meta = meta if template_ids is None else {**meta, "templates": template_ids}
+        row = {
+            "sample_id": sample_id,
+            "task": item["task"],
+            "source": item["source"],
+            "split": item["split"],
+            "conversation": conversation,
+            "image": image,
+            "poses": item.get("poses"),
+            "betas": item.get("betas"),
+            "caption": item.get("caption"),
+            "label_source": item.get("label_source"),
+            "meta": json.dumps(relative(row_meta, settings.raw_root), sort_keys=True),
+        }
+        reason = validate_row(row)
+        if reason:
+            # Variants share the data that failed: the item is one reject, not k.
+            return [_reject({**item, "meta": row_meta}, f"{item['sample_id']}: {reason}", settings)]
+        row[INPUT_COLUMN] = item["input"]
+        row[REASON_COLUMN] = None
+        row[FILE_COLUMN] = relative(item.get("file"), settings.raw_root)
+        row[VARIANT_COLUMN] = v
+        rows.append(row)
+    return rows
 
 
 def transform_batch(batch: pa.Table, settings: TransformSettings) -> pa.Table:
     """Ray Data ``map_batches`` function: ITEM_SCHEMA blocks in, OUTPUT_SCHEMA records out, same order."""
     items = batch.column(ITEM_COLUMN).to_pylist()
     images = batch.column(IMAGE_COLUMN).to_pylist()
-    records = [
-        {} if text is None else transform_item(json.loads(text), settings, image)
-        for text, image in zip(items, images, strict=True)
-    ]
-    out = pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+    records: list[dict[str, Any]] = []
+    origin: list[int] = []
+    for i, (text, image) in enumerate(zip(items, images, strict=True)):
+        out = [{}] if text is None else transform_item(json.loads(text), settings, image)
+        records.extend(out)
+        origin.extend([i] * len(out))
+    table = pa.Table.from_pylist(records, schema=OUTPUT_SCHEMA)
+    take = pa.array(origin, type=pa.int64())
     for name in (PART_COLUMN, SEQ_COLUMN, DIGESTS_COLUMN):
-        out = out.set_column(out.schema.get_field_index(name), name, batch.column(name))
-    return out
+        table = table.set_column(table.schema.get_field_index(name), name, batch.column(name).take(take))
+    return table

@@ -39,6 +39,7 @@ from pipelines.transforms import (
     PART_COLUMN,
     REASON_COLUMN,
     SEQ_COLUMN,
+    VARIANT_COLUMN,
 )
 from posegpt.schema import QA_SCHEMA, REJECT_SCHEMA, TASKS
 from posegpt.storage import StorageConfig, arrow_filesystem, is_s3
@@ -131,7 +132,10 @@ class _Stream:
         self._in_file = 0
 
     def _open(self, first_seq: int) -> None:
-        self._path = f"{self.folder}/part-{self.part:05d}-{first_seq:08d}.parquet"
+        name = f"part-{self.part:05d}-{first_seq:08d}"
+        # Template variants share their item's seq: a file may start inside the item its predecessor began.
+        clash = sum(1 for path, _ in self.written if path.rsplit("/", 1)[-1].startswith(name))
+        self._path = f"{self.folder}/{name}{f'-{clash}' if clash else ''}.parquet"
         if not self.s3:
             self.fs.create_dir(self.folder, recursive=True)
         # Local files appear under their name only once complete; S3 objects only when the upload completes.
@@ -204,7 +208,13 @@ class ShardSink(Datasink[dict]):
             if table.num_rows == 0:
                 continue
             rejected = pc.is_valid(table.column(REASON_COLUMN))
-            for name, bad in zip(table.column(INPUT_COLUMN).to_pylist(), rejected.to_pylist(), strict=True):
+            # An item counts once, whatever number of template variants it became.
+            first = [v is None or v == 0 for v in table.column(VARIANT_COLUMN).to_pylist()]
+            for name, bad, count in zip(
+                table.column(INPUT_COLUMN).to_pylist(), rejected.to_pylist(), first, strict=True
+            ):
+                if not count:
+                    continue
                 mine = stats["per_input"].setdefault(name, {"read": 0, "accepted": 0, "rejected": 0})
                 mine["read"] += 1
                 mine["rejected" if bad else "accepted"] += 1

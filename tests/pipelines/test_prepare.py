@@ -262,3 +262,31 @@ def test_s3_in_and_out(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None
     files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path)))
     s3_rows = [r for f in files for r in pq.read_table(f, filesystem=fs).to_pylist()]
     assert s3_rows == read_dir(tmp_path / "local" / "image2pose" / "train")
+
+
+def test_template_variants_are_rows_of_one_item(tmp_path: Path) -> None:
+    from posegpt.templates import TemplateConfig, expand_variants
+
+    root = bad_world(tmp_path / "raw")
+    one = prepare(bad_config(root, str(tmp_path / "one")))
+    three = prepare(bad_config(root, str(tmp_path / "three"), "templates.variants=3", "rows_per_file=4"))
+    # Counts are per read item: the same read / accepted / rejected whatever the number of phrasings.
+    assert three.per_input == one.per_input
+    rows = {r["sample_id"]: r for r in read_dir(tmp_path / "three" / "image2pose" / "train")}
+    assert sorted(rows) == [f"spin:spin/images/{i}.jpg:{i}:{v}" for i in (0, 1) for v in range(3)]
+    assert (
+        three.manifest["counts"]["image2pose"]["train"]
+        == 6
+        == 3 * one.manifest["counts"]["image2pose"]["train"]
+    )
+    expected = expand_variants(
+        "image2pose", None, "spin:spin/images/0.jpg:0", 0, TemplateConfig(variants=3), "train"
+    )
+    for sample_id, conversation, ids in expected:
+        assert rows[sample_id]["conversation"] == conversation
+        assert json.loads(rows[sample_id]["meta"])["templates"] == ids
+    # vqa rows carry their own conversation: one row each.
+    assert three.manifest["counts"]["vqa"] == one.manifest["counts"]["vqa"]
+    files = list((tmp_path / "three").glob("*/*/*.parquet"))
+    assert len({f.name for f in files if f.parent.name == "train"}) >= 1
+    assert all(pq.read_metadata(f).num_rows <= 4 for f in files)
