@@ -28,6 +28,7 @@ def _recall_t2p(sim: np.ndarray, k: int) -> float:
     return 100 * float(np.mean(hits))
 
 
+@pytest.mark.slow  # trains the session's retrieval model when no other test has
 def test_spg_is_scored_by_recall_over_its_own_gallery(trained_retrieval: Path) -> None:
     gt, captions = toy_pose_captions(30, seed=31)
     n = len(gt)
