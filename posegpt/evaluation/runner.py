@@ -209,13 +209,21 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             )
             continue
         if cfg.baselines.rpe_gt_crop:
-            jobs.append(PredictJob(task, rows.files, rows.sample_ids, GT_CROP_VARIANT, rows.complete))
+            jobs.append(
+                PredictJob(
+                    task, rows.files, rows.sample_ids, GT_CROP_VARIANT, rows.complete, preset, cfg.seed
+                )
+            )
         if cfg.baselines.rpe_detected_crop and cfg.baselines.detector.weights:
             if not Path(cfg.baselines.detector.weights).expanduser().is_file():
                 raise FileNotFoundError(
                     f"baselines.detector.weights: {cfg.baselines.detector.weights} does not exist"
                 )
-            jobs.append(PredictJob(task, rows.files, rows.sample_ids, DETECTED_CROP_VARIANT, rows.complete))
+            jobs.append(
+                PredictJob(
+                    task, rows.files, rows.sample_ids, DETECTED_CROP_VARIANT, rows.complete, preset, cfg.seed
+                )
+            )
         elif cfg.baselines.rpe_detected_crop:
             result.tasks[task].notes.append(
                 "detected-crop baseline not run: baselines.detector.weights is empty"
