@@ -753,7 +753,10 @@ def build_api(service: PoseIngress) -> FastAPI:
     async def login(request: Request) -> Response:
         """The sign-in form's post (``key``, ``next``): a session cookie and a redirect, or the form again."""
         root = _root(request)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        try:
+            form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than the form has
+            form = {}
         target = _next((form.get("next") or ["/"])[0])
         given = (form.get("key") or [""])[0].strip()
         if service.api_key is None:

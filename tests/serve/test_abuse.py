@@ -276,3 +276,32 @@ def test_slow_senders_are_cut_off_while_others_are_served(served: Served, client
     # Only the first max_slow_bodies wait for the body timeout; the rest are turned away at once.
     assert statuses.count(408) <= TEST_LIMITS["max_slow_bodies"] < statuses.count(503), statuses
     assert elapsed < TEST_LIMITS["body_timeout_s"] + 40
+
+
+# -- sign-in -----------------------------------------------------------------------------------
+
+
+def test_sign_in_gives_a_cookie_that_works_for_json_only_and_never_redirects_away(served: Served) -> None:
+    url = f"{served.url}/login"
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    too_many = "&".join(f"f{k}=1" for k in range(8))
+    assert httpx.post(url, content=too_many, headers=form, timeout=30).status_code == 401
+    wrong = httpx.post(url, data={"key": "nope", "next": "/"}, timeout=30)
+    assert wrong.status_code == 401 and "Wrong key." in wrong.text and "set-cookie" not in wrong.headers
+    right = httpx.post(url, data={"key": served.key, "next": "https://evil.example/"}, timeout=30)
+    assert right.status_code == 303 and right.headers["location"] == "/"  # only this service's pages
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and served.key not in cookie
+    session = {"cookie": cookie.split(";")[0]}
+    assert httpx.get(f"{served.url}/v1/body", headers=session, timeout=60).status_code == 200
+    as_form = httpx.post(f"{served.url}/v1/chat", data={"messages": "x"}, headers=session, timeout=30)
+    assert as_form.status_code == 401
+    as_json = httpx.post(
+        f"{served.url}/v1/chat",
+        json={"messages": [{"role": "user", "content": STANDING}]},
+        headers=session,
+        timeout=120,
+    )
+    assert as_json.status_code == 200 and as_json.json()["text"] == ANSWERS[STANDING]
+    forged = {"cookie": f"posegpt_session=9999999999.{'0' * 64}"}
+    assert httpx.get(f"{served.url}/v1/body", headers=forged, timeout=30).status_code == 401
