@@ -254,9 +254,11 @@ def run_ray(cfg: PrepareConfig, parts: list[Part], sink: ShardSink, settings: Tr
         # Worker output and errors reach this log (log_to_driver stays on).
         ray.init(address=cfg.ray_address or None)
     DataContext.get_current().enable_progress_bars = cfg.progress_bars
+    # Ray fuses the three steps into one task per part; max_retries (Ray core's retry of a task whose
+    # worker died) is given to the map and write steps, as read_datasource takes no ray_remote_args.
     remote = {"num_cpus": cfg.num_cpus_per_task, "max_retries": cfg.task_retries}
     ds = ray.data.read_datasource(
-        make_datasource(cfg, parts), override_num_blocks=len(parts), ray_remote_args=remote
+        make_datasource(cfg, parts), override_num_blocks=len(parts), num_cpus=cfg.num_cpus_per_task
     ).map_batches(
         transform_batch,
         fn_kwargs={"settings": settings},

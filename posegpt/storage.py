@@ -108,7 +108,7 @@ def _s3_client(
         region_name=region,
         config=Config(
             connect_timeout=connect_timeout_s,
-            retries={"max_attempts": max_attempts, "mode": "adaptive"},
+            retries={"total_max_attempts": max_attempts, "mode": "adaptive"},
             max_pool_connections=max(10, max_concurrency),
         ),
     )

@@ -133,3 +133,18 @@ def test_check_reachable_errors(s3_endpoint: str) -> None:
         ValueError, match=r"bucket 'no-such-bucket' of s3://no-such-bucket/x is not accessible"
     ):
         check_reachable("s3://no-such-bucket/x", StorageConfig(endpoint_url=s3_endpoint))
+
+
+def test_one_cached_filesystem_and_client_per_setting_with_retries(s3_endpoint: str) -> None:
+    cfg = StorageConfig(endpoint_url=s3_endpoint)
+    fs_a, path_a = arrow_filesystem("s3://bucket-a/x", cfg)
+    fs_b, path_b = arrow_filesystem("s3://bucket-b/y/z", StorageConfig(endpoint_url=s3_endpoint))
+    assert fs_a is fs_b and (path_a, path_b) == ("bucket-a/x", "bucket-b/y/z")
+    assert (
+        arrow_filesystem("s3://bucket-a/x", StorageConfig(endpoint_url=s3_endpoint, max_attempts=6))[0]
+        is not fs_a
+    )
+    client = s3_client(cfg)
+    assert client is s3_client(StorageConfig(endpoint_url=s3_endpoint))
+    retries = client.meta.config.retries
+    assert retries["mode"] == "adaptive" and retries["total_max_attempts"] == cfg.max_attempts >= 5
