@@ -79,6 +79,15 @@ def test_sides_and_aspect_ratio_are_read_from_the_header() -> None:
     assert (err.limit, err.value, err.maximum) == ("limits.max_image_aspect_ratio", 4.5, 4.0)
 
 
+def test_the_issues_strips_are_refused_with_the_shipped_limits() -> None:
+    """1 × 16,000,000 and 1000 × 16000 were within the pixel limit; squared they cost 16M² and 16000² pixels."""
+    for width, height in ((1, 16_000_000), (1000, 16000)):
+        with pytest.raises(RequestRejected) as info:
+            decode_inline_image(b64(bomb_png(width, height)), LimitsConfig(), "image")
+        assert (info.value.status, info.value.limit) == (413, "limits.max_image_side")
+        assert width * height <= LimitsConfig().max_image_pixels
+
+
 def test_data_url_types_outside_the_allow_list_are_refused_before_decoding() -> None:
     for mime in ("image/tiff", "image/bmp", "image/svg+xml", "text/html"):
         err = rejected(f"data:{mime};base64,{b64(png_bytes(8, 8))}")
