@@ -320,6 +320,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         env,
     )
     summary["compare_csv"] = next((ln[5:] for ln in cmp_text.splitlines() if ln.startswith("CSV: ")), "")
+    summary["compare_html"] = next((ln[6:] for ln in cmp_text.splitlines() if ln.startswith("HTML: ")), "")
 
     # 7. service
     if cfg.serve:
@@ -437,7 +438,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     lines += [
         f"  checkpoint        {summary['checkpoint']}",
         f"  report            {out}/eval/report/report.md (rendered bodies beside it)",
-        f"  run comparison    {summary.get('compare_csv') or out + '/compare'}",
+        f"  run comparison    {summary.get('compare_html') or summary.get('compare_csv') or out + '/compare'}",
         "",
         summary["evaluation"],
     ]

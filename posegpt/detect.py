@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import threading
 import time
@@ -547,23 +548,28 @@ def train_yolo(cfg: DetectorTrainConfig, data_yaml: Path, data_digest: str, out_
 
 
 def epoch_curves(trained: TrainedDetector) -> list[tuple[int, dict[str, float]]]:
-    """Per-epoch numbers Ultralytics wrote while training (losses, learning rates): ``(epoch, {name: value})``.
+    """Per-epoch training losses and learning rates Ultralytics wrote: ``(epoch, {name: value})``.
 
     Read from the run's ``results.csv``, which stays beside reused weights; empty when it is missing.
+    An epoch written twice (a training interrupted and rerun appends to the file) keeps its last
+    row. Only ``train/*`` and ``lr/*`` columns: training runs with ``val=False``, so the validation
+    columns stay 0 until a final check.
     """
     import csv
 
     path = trained.run_dir / "ultralytics" / "results.csv"
     if not path.is_file():
         return []
-    out = []
+    by_epoch: dict[int, dict[str, float]] = {}
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            values = {k.strip(): float(v) for k, v in row.items() if k and v not in (None, "")}
-            epoch = int(values.pop("epoch"))
-            values.pop("time", None)
-            out.append((epoch, values))
-    return out
+            values = {k.strip(): v for k, v in row.items() if k}
+            by_epoch[int(float(values["epoch"]))] = {
+                k: float(v)
+                for k, v in values.items()
+                if k.startswith(("train/", "lr/")) and v not in (None, "") and math.isfinite(float(v))
+            }
+    return sorted(by_epoch.items())
 
 
 def trained_detector_config(cfg: DetectorTrainConfig, weights: Path, **overrides: Any) -> DetectorConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class TrackingConfig:
     """Where runs are recorded."""
 
     tracking_uri: str | None = None
-    """MLflow tracking URI (``http://mlflow:5000``, ``sqlite:///path.db``); empty: a sqlite file under the job's output folder."""
+    """MLflow tracking URI (``http://mlflow:5000``, ``sqlite:///path.db``); empty: ``MLFLOW_TRACKING_URI`` when set, else a sqlite file under the job's output folder."""
     experiment: str = "posegpt"
     """MLflow experiment name shared by the jobs of one project."""
     registered_model: str = "posegpt"
@@ -86,7 +87,14 @@ def configure(cfg: TrackingConfig, default_dir: str | Path) -> str:
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(cfg, default_dir)
+    exported = os.environ.get(ENV_TRACKING_URI)
     mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI, where a job started from this process would take it for the user's
+    # choice (apply_environment): this process keeps it, the environment is left as it was.
+    if exported is None:
+        os.environ.pop(ENV_TRACKING_URI, None)
+    else:
+        os.environ[ENV_TRACKING_URI] = exported
     location = artifact_location(uri)
     if location is not None:
         client = mlflow.MlflowClient(tracking_uri=uri)
