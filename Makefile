@@ -22,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install test test-fast lint format demo compare lock browser clean-demo docs
+.PHONY: install test test-fast lint format demo compare lock browser clean-demo docs pose-encoder
 
 install: $(STAMP)
 
@@ -65,3 +65,9 @@ compare: install
 
 docs: install
 	$(PY) jobs/config_reference.py --write docs/configuration.md
+	$(PY) -m posegpt.training.preset_table --write docs/training.md
+
+# Remake the tiny pose encoder's shipped weights and provenance (posegpt/vision/weights/), about
+# 40 minutes on 2 cores: renders its own synthetic world (seed 1), then trains.
+pose-encoder: install
+	$(PY) jobs/pretrain_pose_encoder.py --config configs/pose_encoder/tiny.yaml
