@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tomllib
@@ -245,3 +246,57 @@ def test_rayjob_entrypoints_exist_answer_help_and_accept_their_overrides(argv: l
         overrides.append(override)
     cfg = load_config(classes[local[0]], config, overrides)
     assert cfg.tracking.tracking_uri == settings["MLFLOW_TRACKING_URI"]
+
+
+@pytest.mark.slow
+def test_mlflow_server_started_as_deployed_answers_the_in_cluster_name(tmp_path: Path) -> None:
+    """The Deployment's server command, run here: 200 for the Service's name, 403 for an unknown host."""
+    import http.client
+
+    from tests.conftest import free_port, wait_http
+
+    deployment = next(
+        d for p, d in manifest_docs() if p.parent.name == "mlflow" and d.get("kind") == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = free_port()
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        HOME=str(tmp_path),
+        MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"),
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
+    # The same shell command, on a free port of 127.0.0.1 with one worker.
+    script = container["args"][0].replace(
+        "--host 0.0.0.0 --port 5000 --workers 4", f"--host 127.0.0.1 --port {port} --workers 1"
+    )
+    assert script != container["args"][0]
+    with (tmp_path / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [*container["command"], script],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+
+        def status(host: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(
+                "POST", "/api/2.0/mlflow/experiments/search", body='{"max_results": 10}',
+                headers={"Host": host, "Content-Type": "application/json"},
+            )  # fmt: skip
+            return conn.getresponse().status
+
+        settings = next(d for _, d in manifest_docs() if d.get("kind") == "ConfigMap")["data"]
+        assert status(settings["MLFLOW_TRACKING_URI"].split("://", 1)[1]) == 200
+        assert status(f"localhost:{port}") == 200
+        assert status("evil.example.com:5000") == 403
+    finally:
+        # The server's workers share its session: stop them all, and only them.
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
