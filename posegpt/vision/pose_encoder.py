@@ -352,17 +352,15 @@ def pose_pixel_values(images: Sequence[Any], cfg: PoseEncoderConfig) -> Tensor:
     import numpy as np
     from PIL import Image
 
+    from posegpt.model.vision_input import pad_to_square
+
     h, w = cfg.input_height, cfg.input_width
     side = max(h, w)
-    fill = tuple(round(c * 255) for c in IMAGENET_MEAN)
     out = np.empty((len(images), h, w, 3), dtype=np.float32)
     for i, image in enumerate(images):
-        iw, ih = image.size
-        s = max(iw, ih)
-        if (iw, ih) != (s, s):
-            canvas = Image.new("RGB", (s, s), fill)
-            canvas.paste(image, ((s - iw) // 2, (s - ih) // 2))
-            image = canvas
+        # Scaled down first when much larger than the input: the square canvas stays (2 x side)^2
+        # whatever the image's shape (serving's memory bound, docs/serving.md).
+        image = pad_to_square(image, IMAGENET_MEAN, max_side=2 * side)
         square = np.asarray(image.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32)
         top, left = (side - h) // 2, (side - w) // 2
         out[i] = square[top : top + h, left : left + w]
