@@ -120,15 +120,24 @@ def build_posing_checkpoint(folder: Path, steps: int) -> Path:
 @torch.no_grad()
 def cache_free_generate(engine, query, n_tokens: int) -> list[int]:
     """Greedy decoding that runs the whole sequence through the model for every new token."""
-    from posegpt.model.vision_input import pixel_values
+    from posegpt.model.vision_input import image_inputs
 
     model = engine.model
     ids, image = engine.encode_query(query, "benchmark")
-    pixels = pixel_values(model.processor.image_processor, [image]) if image is not None else None
+    pixels = (
+        image_inputs(model.processor.image_processor, [image], model.cfg.pose_encoder)
+        if image is not None
+        else {}
+    )
     seq = torch.tensor([ids])
     out: list[int] = []
     for _ in range(n_tokens):
-        hidden, _ = model.encode(seq, torch.ones_like(seq), pixels)
+        hidden, _ = model.encode(
+            seq,
+            torch.ones_like(seq),
+            pixels.get("pixel_values"),
+            pose_pixel_values=pixels.get("pose_pixel_values"),
+        )
         logits = model.lm_logits(hidden[:, -1]).float()
         logits[:, model.image_token_id] = float("-inf")
         logits[:, engine.eos_id] = float("-inf")

@@ -24,7 +24,7 @@ from torch import Tensor
 from posegpt.geometry import rotmat_to_axis_angle
 from posegpt.model.conversation import encode, normalize_messages, render
 from posegpt.model.posegpt_model import PoseGPTModel
-from posegpt.model.vision_input import ImageInput, decode_image, pixel_values
+from posegpt.model.vision_input import ImageInput, decode_image, image_inputs
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.storage import StorageConfig
@@ -231,14 +231,31 @@ class PoseGPT:
         # positions as when it runs alone.
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         present = [img for img in images if img is not None]
-        pixels = pixel_values(model.processor.image_processor, present).to(device) if present else None
+        pixels = (
+            {
+                k: v.to(device)
+                for k, v in image_inputs(
+                    model.processor.image_processor, present, model.cfg.pose_encoder
+                ).items()
+            }
+            if present
+            else {}
+        )
         limits = [min(settings.max_new_tokens, model.context_length - len(p)) for p in prompts]
 
         generator = torch.Generator(device=device)
         generator.manual_seed(
             settings.seed if settings.seed is not None else int(torch.randint(0, 2**62, ()).item())
         )
-        hidden, cache = model.encode(input_ids, attention, pixels, positions, cache=None, use_cache=True)
+        hidden, cache = model.encode(
+            input_ids,
+            attention,
+            pixels.get("pixel_values"),
+            positions,
+            cache=None,
+            use_cache=True,
+            pose_pixel_values=pixels.get("pose_pixel_values"),
+        )
         last = hidden[:, -1]
         done = [False] * n
         position = positions[:, -1:]

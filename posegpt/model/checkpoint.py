@@ -4,6 +4,8 @@ Layout (DESIGN.md)::
 
     adapter/                 PEFT LoRA adapter (LoRA weights, <POSE> rows, projector when trained)
     pose_head.safetensors    the SMPL head
+    pose_projector.safetensors  the pose pathway's projector (only with a pose encoder; the frozen
+                             encoder is read from ``pose_encoder.weights``, its sha256 checked)
     tokenizer/               the processor: tokenizer with <POSE>, image processor
     config.yaml              PoseGPTModelConfig, naming the base model
 
@@ -23,12 +25,13 @@ from posegpt.config import dump_config, load_config
 from posegpt.model.config import PoseGPTModelConfig
 from posegpt.model.lora import peft_wrapping
 from posegpt.model.pose_head import PoseHead
-from posegpt.model.posegpt_model import PoseGPTModel, enable_gradient_checkpointing
+from posegpt.model.posegpt_model import PoseGPTModel, build_pose_pathway, enable_gradient_checkpointing
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.storage import StorageConfig, is_s3, materialize_dir
 
 ADAPTER_DIR = "adapter"
 POSE_HEAD_FILE = "pose_head.safetensors"
+POSE_PROJECTOR_FILE = "pose_projector.safetensors"
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.yaml"
 
@@ -54,6 +57,7 @@ def save_checkpoint(model: PoseGPTModel, out_dir: str | Path) -> Path:
     model.lm.save_pretrained(out / ADAPTER_DIR, save_embedding_layers=False)
     state = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
     save_file(state, str(out / POSE_HEAD_FILE), metadata={"hidden_size": str(model.pose_head.hidden_size)})
+    save_pose_projector(model, out)
     model.processor.save_pretrained(out / TOKENIZER_DIR)
     cfg = model.cfg
     if not is_s3(cfg.base_model) and not Path(cfg.base_model).is_absolute():
@@ -61,6 +65,30 @@ def save_checkpoint(model: PoseGPTModel, out_dir: str | Path) -> Path:
         cfg = dataclasses.replace(cfg, base_model=str(Path(cfg.base_model).resolve()))
     dump_config(cfg, out / CONFIG_FILE)
     return out
+
+
+def save_pose_projector(model: PoseGPTModel, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    if model.pose_pathway is not None:
+        projector = model.pose_pathway.projector.state_dict()
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(out / POSE_PROJECTOR_FILE)
+        )
+
+
+def load_pose_projector(pathway: Any, local: Path, where: str) -> None:
+    from safetensors.torch import load_file
+
+    file = local / POSE_PROJECTOR_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {where} is missing {POSE_PROJECTOR_FILE} (its config names a pose encoder)"
+        )
+    try:
+        pathway.projector.load_state_dict(load_file(str(file)), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {where}: {POSE_PROJECTOR_FILE} does not fit the model: {exc}") from exc
 
 
 def check_checkpoint_dir(path: Path, where: str) -> None:
@@ -118,9 +146,12 @@ def load_checkpoint(
         raise ValueError(
             f"checkpoint {path}: {POSE_HEAD_FILE} does not fit the base model's hidden size: {exc}"
         ) from exc
+    pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
+    if pathway is not None:
+        load_pose_projector(pathway, local, str(path))
     if trainable and cfg.gradient_checkpointing:
         enable_gradient_checkpointing(llava)
-    model = PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id).to(device)
+    model = PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id, pathway).to(device)
     if not trainable:
         model.eval()
         model.requires_grad_(False)

@@ -8,7 +8,8 @@ image, in row order, which is the order in which LLaVA fills the image tokens of
 the flattened batch.
 
 Batch keys: ``input_ids``, ``attention_mask``, ``labels`` (B, L), right-padded;
-``pixel_values`` (N_img, 3, H, W) when any row has an image; ``pose_index`` (P, 2)
+``pixel_values`` (N_img, 3, H, W) when any row has an image (and
+``pose_pixel_values`` for a model with a pose encoder); ``pose_index`` (P, 2)
 = (row, position of the hidden state that predicts the ``<POSE>``);
 ``pose_targets`` (P, 72) axis-angle.
 """
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from posegpt.model.conversation import IGNORE_INDEX, Encoded, encode, normalize_messages, render
-from posegpt.model.vision_input import decode_image, pixel_values
+from posegpt.model.vision_input import decode_image, image_inputs
 from posegpt.skeleton import POSE_DIM
 
 
@@ -74,8 +75,11 @@ class Collator:
         num_image_tokens: int,
         system_prompt: str,
         max_length: int,
+        pose_encoder: Any = None,
     ) -> None:
         self.processor = processor
+        self.pose_encoder = pose_encoder
+        """``PoseEncoderConfig`` of the model's pose encoder (its inputs join CLIP's), or None."""
         self.tokenizer = processor.tokenizer
         self.pose_token_id = pose_token_id
         self.image_token_id = image_token_id
@@ -95,6 +99,7 @@ class Collator:
             num_image_tokens=model.num_image_tokens,
             system_prompt=model.cfg.system_prompt,
             max_length=min(model.cfg.max_length, model.context_length),
+            pose_encoder=model.cfg.pose_encoder,
         )
 
     def encode_row(self, row: Mapping[str, Any], index: int = 0) -> EncodedRow:
@@ -175,5 +180,5 @@ class Collator:
             else torch.zeros(0, POSE_DIM),
         }
         if images:
-            out["pixel_values"] = pixel_values(self.processor.image_processor, images)
+            out.update(image_inputs(self.processor.image_processor, images, self.pose_encoder))
         return out

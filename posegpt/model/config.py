@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from posegpt.vision.config import PoseEncoderConfig
+
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -94,6 +96,10 @@ class PoseGPTModelConfig:
     """Weight of the cross-entropy on assistant tokens."""
     lambda_pose: float = 0.1
     """Weight of the L1 between predicted and true rotation matrices (paper: 0.1)."""
+    pose_loss_root_weight: float = 1.0
+    """Weight of joint 0 (the global orientation) in the pose L1 relative to each body joint's 1; the loss is the weighted mean over the 24 joints (1: the plain mean)."""
+    pose_encoder: PoseEncoderConfig = field(default_factory=PoseEncoderConfig)
+    """A pretrained pose-aware image encoder whose projected features join CLIP's image tokens (``kind: none``: CLIP alone)."""
     pose_head_init: Literal["identity", "mean"] = "identity"
     """Bias of the pose head's last layer: the 6D of the identity rotation per joint, or of ``pose_head_mean_pose``."""
     pose_head_mean_pose: list[float] | None = None
@@ -110,6 +116,9 @@ class PoseGPTModelConfig:
             )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.pose_loss_root_weight < 0:
+            raise ValueError(f"model.pose_loss_root_weight must be >= 0, got {self.pose_loss_root_weight}")
+        self.pose_encoder.validate()
         if self.lambda_text < 0 or self.lambda_pose < 0:
             raise ValueError(f"loss weights must be >= 0, got {self.lambda_text}, {self.lambda_pose}")
         if self.max_length < 8:

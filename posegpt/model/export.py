@@ -4,7 +4,8 @@ The output loads with plain ``transformers`` (``LlavaForConditionalGeneration``
 and ``AutoProcessor``): LoRA deltas, the trained ``<POSE>`` rows and the projector
 are folded into the weights. The SMPL head lies beside them as
 ``pose_head.safetensors`` with ``posegpt.yaml`` (the model config and the
-``<POSE>`` id), since transformers has no place for it.
+``<POSE>`` id), since transformers has no place for it; so does the pose pathway's
+projector when the model has a pose encoder (its frozen weights stay where the config names).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import yaml
 from safetensors.torch import save_file
 
 from posegpt.config import to_dict
-from posegpt.model.checkpoint import POSE_HEAD_FILE, load_checkpoint
+from posegpt.model.checkpoint import POSE_HEAD_FILE, load_checkpoint, save_pose_projector
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.storage import StorageConfig
 
@@ -42,6 +43,7 @@ def export_merged(
     model.processor.save_pretrained(out)
     state = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
     save_file(state, str(out / POSE_HEAD_FILE), metadata={"hidden_size": str(model.pose_head.hidden_size)})
+    save_pose_projector(model, out)
     cfg = dataclasses.replace(model.cfg, base_model=str(out.resolve()), build_tiny_if_missing=False)
     info = {
         "pose_token": cfg.pose_token,

@@ -28,6 +28,7 @@ from posegpt.model.vision_input import num_image_tokens
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.skeleton import NUM_JOINTS
 from posegpt.storage import StorageConfig
+from posegpt.vision.pose_encoder import PosePathway
 
 
 @dataclass
@@ -44,10 +45,22 @@ class PoseGPTOutput:
 
 
 class PoseGPTModel(nn.Module):
-    """LLaVA (optionally wrapped by PEFT) + ``PoseHead``, with the processor that feeds them."""
+    """LLaVA (optionally wrapped by PEFT) + ``PoseHead``, with the processor that feeds them.
+
+    With a ``pose_pathway`` (``cfg.pose_encoder``), each image becomes CLIP's tokens
+    followed by the pose encoder's projected tokens (or the latter alone, ``mode:
+    replace``), all at the ``<image>`` placeholder: transformers' LLaVA scatters them
+    through its ``mm_encoder_outputs`` input, so cached generation takes the same path.
+    """
 
     def __init__(
-        self, lm: nn.Module, pose_head: PoseHead, processor: Any, cfg: PoseGPTModelConfig, pose_token_id: int
+        self,
+        lm: nn.Module,
+        pose_head: PoseHead,
+        processor: Any,
+        cfg: PoseGPTModelConfig,
+        pose_token_id: int,
+        pose_pathway: PosePathway | None = None,
     ):
         super().__init__()
         self.lm = lm
@@ -55,9 +68,17 @@ class PoseGPTModel(nn.Module):
         self.processor = processor
         self.cfg = cfg
         self.pose_token_id = int(pose_token_id)
+        if cfg.pose_encoder.enabled and pose_pathway is None:
+            raise ValueError(f"model.pose_encoder.kind={cfg.pose_encoder.kind} but no pose pathway was built")
+        self.pose_pathway = pose_pathway
         config = self.llava.config
         self.image_token_id = int(config.image_token_id)
-        self.num_image_tokens = num_image_tokens(config)
+        clip_tokens = num_image_tokens(config)
+        if pose_pathway is None:
+            self.num_image_tokens = clip_tokens
+        else:
+            uses_clip = cfg.pose_encoder.mode == "append"
+            self.num_image_tokens = clip_tokens * uses_clip + pose_pathway.num_tokens
         self.context_length = int(config.text_config.max_position_embeddings)
         check_processor(processor, config)
 
@@ -86,22 +107,62 @@ class PoseGPTModel(nn.Module):
         position_ids: Tensor | None = None,
         cache: Any = None,
         use_cache: bool = False,
+        pose_pixel_values: Tensor | None = None,
     ) -> tuple[Tensor, Any]:
-        """Final-layer hidden states (B, L, H) (after the last norm, what the LM head reads) and the KV cache."""
+        """Final-layer hidden states (B, L, H) (after the last norm, what the LM head reads) and the KV cache.
+
+        ``pixel_values`` feed CLIP, ``pose_pixel_values`` the pose encoder (one row per image, in row order).
+        """
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.llava.model.vision_tower.dtype)
+        images: dict[str, Any] = {}
+        if self.pose_pathway is None:
+            images["pixel_values"] = pixel_values
+        elif pose_pixel_values is not None:
+            images["mm_encoder_outputs"] = {"image": self.image_features(pixel_values, pose_pixel_values)}
+        elif pixel_values is not None:
+            raise ValueError(
+                "this model has a pose encoder: pass pose_pixel_values with the images "
+                "(posegpt.model.vision_input.image_inputs makes both)"
+            )
         out = self.llava.model(
             input_ids=input_ids,
-            pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            **images,
         )
         return out.last_hidden_state, out.cache
 
+    def image_features(self, pixel_values: Tensor | None, pose_pixel_values: Tensor) -> Any:
+        """Per image, CLIP's projected tokens (``append``) followed by the pose pathway's, as LLaVA's image output."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        assert self.pose_pathway is not None
+        pose = self.pose_pathway(pose_pixel_values.to(self.device))
+        if self.cfg.pose_encoder.mode == "replace":
+            return BaseModelOutputWithPooling(pooler_output=list(pose.to(self.dtype)))
+        if pixel_values is None or len(pixel_values) != len(pose):
+            raise ValueError(
+                f"model.pose_encoder.mode=append needs CLIP pixels for each of the {len(pose)} images, got "
+                f"{0 if pixel_values is None else len(pixel_values)}"
+            )
+        clip = self.llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        clip.pooler_output = [
+            torch.cat([c, p.to(c.dtype)]) for c, p in zip(clip.pooler_output, pose, strict=True)
+        ]
+        return clip
+
     def lm_logits(self, hidden: Tensor) -> Tensor:
         return self.llava.lm_head(hidden)
+
+    def rotation_l1(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Mean |R̂ − R| per joint, averaged over joints with the root weighted by ``pose_loss_root_weight``."""
+        per_joint = (pred - target).abs().mean(dim=(-2, -1))
+        weights = torch.ones(NUM_JOINTS, dtype=per_joint.dtype, device=per_joint.device)
+        weights[0] = self.cfg.pose_loss_root_weight
+        return (per_joint * weights).sum(-1).mean() / weights.sum()
 
     def merge_lora(self) -> None:
         """Fold LoRA, the token rows and the projector into the base weights (inference only).
@@ -120,7 +181,12 @@ class PoseGPTModel(nn.Module):
         input_ids = batch["input_ids"].to(device)
         attention_mask = batch["attention_mask"].to(device)
         labels = batch["labels"].to(device)
-        hidden, _ = self.encode(input_ids, attention_mask, batch.get("pixel_values"))
+        hidden, _ = self.encode(
+            input_ids,
+            attention_mask,
+            batch.get("pixel_values"),
+            pose_pixel_values=batch.get("pose_pixel_values"),
+        )
 
         # Next-token CE over assistant tokens only: logits only where a label exists
         # (saves the B × L × vocab tensor of a 7B model).
@@ -142,7 +208,7 @@ class PoseGPTModel(nn.Module):
             target = axis_angle_to_rotmat(
                 batch["pose_targets"].to(device, torch.float32).view(-1, NUM_JOINTS, 3)
             )
-            pose_loss = (pred - target).abs().mean()
+            pose_loss = self.rotation_l1(pred, target)
         else:
             # Run the head on no rows so its parameters still get (zero) gradients: ZeRO and
             # DDP then see the same parameter set in every step.
@@ -201,10 +267,30 @@ def assemble(llava: Any, processor: Any, cfg: PoseGPTModelConfig, *, lora: bool 
         mean_pose=cfg.pose_head_mean_pose,
         init_std=cfg.pose_head_init_std,
     )
+    pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
     lm: nn.Module = apply_lora(llava, cfg, [pose_id]) if lora else llava
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(llava)
-    return PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id)
+    return PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id, pathway)
+
+
+def build_pose_pathway(
+    cfg: PoseGPTModelConfig, hidden_size: int, dtype: torch.dtype
+) -> tuple[PosePathway | None, PoseGPTModelConfig]:
+    """The pose encoder of ``cfg.pose_encoder`` with its pretrained weights and a fresh projector, and a copy of
+    ``cfg`` recording the weights' absolute path and sha256 (a checkpoint then refuses a changed file)."""
+    if not cfg.pose_encoder.enabled:
+        return None, cfg
+    import dataclasses
+
+    from posegpt.vision.pose_encoder import resolve_weights
+
+    pathway = PosePathway(cfg.pose_encoder, hidden_size)
+    digest = pathway.encoder.load_weights()
+    encoder_cfg = dataclasses.replace(
+        cfg.pose_encoder, sha256=digest, weights=str(resolve_weights(cfg.pose_encoder.weights))
+    )
+    return pathway.to(dtype), dataclasses.replace(cfg, pose_encoder=encoder_cfg)
 
 
 def enable_gradient_checkpointing(llava: Any) -> None:

@@ -90,7 +90,9 @@ def pixel_values(image_processor: Any, images: Sequence[Any]) -> torch.Tensor:
     return out["pixel_values"]
 
 
-def image_inputs(image_processor: Any, images: Sequence[Any], pose_encoder: Any = None) -> dict[str, torch.Tensor]:
+def image_inputs(
+    image_processor: Any, images: Sequence[Any], pose_encoder: Any = None
+) -> dict[str, torch.Tensor]:
     """Model inputs for RGB ``PIL`` images: ``pixel_values`` for CLIP (unless the pose encoder replaces it) and
     ``pose_pixel_values`` for the pose encoder of ``pose_encoder`` (a ``PoseEncoderConfig``) when one is enabled."""
     from posegpt.vision.pose_encoder import pose_pixel_values

@@ -18,7 +18,7 @@ from posegpt.storage import StorageConfig, is_s3
 from posegpt.tracking import TrackingConfig
 from posegpt.training.mixing import TASKS, split_counts
 
-POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose")
+POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
 """Tasks whose answers carry a pose: the ones validation measures."""
 
 
@@ -118,7 +118,7 @@ class ValidationSection:
     """Validate every this many steps (and at the last step); 0 turns validation off."""
     samples: int = 64
     """Rows per task taken from the start of the validation split."""
-    tasks: list[str] = field(default_factory=lambda: list(POSE_TASKS))
+    tasks: list[str] = field(default_factory=lambda: ["image2pose", "text2pose"])
     """Tasks to validate (those with a pose answer)."""
     batch_size: int = 16
     """Rows per forward pass during validation."""

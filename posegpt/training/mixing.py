@@ -17,8 +17,9 @@ from typing import Any
 
 Row = dict[str, Any]
 
-TASKS: tuple[str, ...] = ("image2pose", "text2pose", "vqa")
-"""Tasks mixed in training, in the order their rows appear inside a batch."""
+TASKS: tuple[str, ...] = ("image2pose", "text2pose", "vqa", "spg", "rpe")
+"""Tasks mixed in training, in the order their rows appear inside a batch (``spg`` and ``rpe`` last, so that
+ratios naming only the first three split as before)."""
 
 
 class EmptySourceError(RuntimeError):
@@ -37,7 +38,9 @@ def split_counts(batch_size: int, ratio: Mapping[str, int]) -> dict[str, int]:
     unknown = sorted(set(ratio) - set(TASKS))
     if unknown:
         raise ValueError(f"task ratio names unknown tasks {unknown}; tasks are {list(TASKS)}")
-    weights = {task: int(ratio.get(task, 0)) for task in TASKS}
+    # Counts for the tasks the ratio names (in TASKS order), zero weights included.
+    named = tuple(t for t in TASKS if t in ratio)
+    weights = {task: int(ratio[task]) for task in named}
     if any(w < 0 for w in weights.values()):
         raise ValueError(f"task ratio weights must be >= 0, got {weights}")
     total = sum(weights.values())
@@ -46,10 +49,10 @@ def split_counts(batch_size: int, ratio: Mapping[str, int]) -> dict[str, int]:
     exact = {task: batch_size * w / total for task, w in weights.items()}
     counts = {task: math.floor(share) for task, share in exact.items()}
     leftover = batch_size - sum(counts.values())
-    order = sorted(TASKS, key=lambda t: (-(exact[t] - counts[t]), TASKS.index(t)))
+    order = sorted(named, key=lambda t: (-(exact[t] - counts[t]), TASKS.index(t)))
     for task in order[:leftover]:
         counts[task] += 1
-    starved = [t for t in TASKS if weights[t] > 0 and counts[t] == 0]
+    starved = [t for t in named if weights[t] > 0 and counts[t] == 0]
     if starved:
         raise ValueError(
             f"batch size {batch_size} is too small for ratio {weights}: tasks {starved} would get no rows"

@@ -46,13 +46,25 @@ def test_export_loads_in_plain_transformers_with_the_same_logits(
     model = load_checkpoint(posing_checkpoint_dir)
     batch = Collator.for_model(model)(mixed_rows(4))
     with torch.no_grad():
-        hidden, _ = model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        hidden, _ = model.encode(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            pose_pixel_values=batch.get("pose_pixel_values"),
+        )
         expected = model.lm_logits(hidden)
+        images = {"pixel_values": batch["pixel_values"]}
+        if model.pose_pathway is not None:
+            # The pose encoder's tokens follow the merged CLIP's, through transformers' precomputed-features input.
+            clip = merged.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True)
+            pose = model.pose_pathway(batch["pose_pixel_values"])
+            clip.pooler_output = [torch.cat([c, p]) for c, p in zip(clip.pooler_output, pose, strict=True)]
+            images = {"mm_encoder_outputs": {"image": clip}}
         plain = merged(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
             output_hidden_states=True,
+            **images,
         )
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(plain.logits[mask], expected[mask], atol=1e-4, rtol=1e-4)

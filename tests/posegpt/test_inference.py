@@ -49,13 +49,19 @@ def test_cached_hidden_states_equal_a_teacher_forced_pass(posegpt: PoseGPT) -> N
     model = posegpt.model
     for query, gen in zip(queries, gens, strict=True):
         ids = torch.tensor([gen.prompt_ids + gen.token_ids])
-        pixels = None
+        pixels = {}
         if query.image is not None:
-            from posegpt.model.vision_input import decode_image, pixel_values
+            from posegpt.model.vision_input import decode_image, image_inputs
 
-            pixels = pixel_values(model.processor.image_processor, [decode_image(query.image, "q")])
+            image = decode_image(query.image, "q")
+            pixels = image_inputs(model.processor.image_processor, [image], model.cfg.pose_encoder)
         with torch.no_grad():
-            hidden, _ = model.encode(ids, torch.ones_like(ids), pixels)
+            hidden, _ = model.encode(
+                ids,
+                torch.ones_like(ids),
+                pixels.get("pixel_values"),
+                pose_pixel_values=pixels.get("pose_pixel_values"),
+            )
         start = len(gen.prompt_ids) - 1  # the state predicting the first generated token
         forced = hidden[0, start : start + len(gen.step_states)]
         torch.testing.assert_close(torch.stack(gen.step_states), forced, atol=1e-4, rtol=0)
@@ -129,7 +135,7 @@ def test_sampling_is_reproducible_with_a_seed(posegpt: PoseGPT) -> None:
 
 
 def test_bad_inputs_are_named(posegpt: PoseGPT) -> None:
-    with pytest.raises(ValueError, match="query 0: image: the image does not decode"):
+    with pytest.raises(ValueError, match="query 0: image: not a readable image"):
         posegpt.chat("What is the pose?", image=b"\x89PNG broken")
     with pytest.raises(ValueError, match=r"prompt has \d+ tokens .* context holds 512"):
         posegpt.chat("stand " * 600)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_config, tmp_path_factory: pytest.TempPathFactory):
-    """A model whose LoRA, token rows, projector and head all differ from their init, and its checkpoint."""
+    """A model whose LoRA, token rows, projectors and head all differ from their init, and its checkpoint."""
     from posegpt.model.posegpt_model import build_model
 
     with torch_threads(1):
@@ -39,7 +39,12 @@ def trained(tiny_model_config, tmp_path_factory: pytest.TempPathFactory):
 
 def outputs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        hidden, _ = model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        hidden, _ = model.encode(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            pose_pixel_values=batch.get("pose_pixel_values"),
+        )
         return model.lm_logits(hidden), model(batch).pred_rotmats
 
 

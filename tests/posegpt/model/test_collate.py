@@ -52,10 +52,20 @@ def test_mixed_batch_gives_each_row_its_own_image(model, collator) -> None:
     rows = mixed_rows(4)
     batch = collator(rows)
     with torch.no_grad():
-        hidden, _ = model.encode(batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"))
+        hidden, _ = model.encode(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("pixel_values"),
+            pose_pixel_values=batch.get("pose_pixel_values"),
+        )
         for i, row in enumerate(rows):
             single = collator([row])
-            alone, _ = model.encode(single["input_ids"], single["attention_mask"], single.get("pixel_values"))
+            alone, _ = model.encode(
+                single["input_ids"],
+                single["attention_mask"],
+                single.get("pixel_values"),
+                pose_pixel_values=single.get("pose_pixel_values"),
+            )
             n = alone.shape[1]
             torch.testing.assert_close(hidden[i, :n], alone[0], atol=1e-5, rtol=1e-4)
 
@@ -99,7 +109,7 @@ def test_truncation_never_cuts_an_image(model) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"image": b"not an image"}, r"sample t:0: field image: the image does not decode"),
+        ({"image": b"not an image"}, r"sample t:0: field image: not a readable image"),
         ({"poses": None}, r"sample t:0: the conversation has 2 <POSE> tokens but field poses holds 0"),
         ({"poses": [[0.0] * 71]}, r"sample t:0: field poses: poses\[0\] has 71 values"),
         ({"poses": [[float("nan")] * 72]}, r"sample t:0: field poses: poses\[0\] holds NaN"),

@@ -45,12 +45,17 @@ def test_loss_matches_an_independent_computation(model) -> None:
     batch = Collator.for_model(model)(rows)
     with torch.no_grad():
         out = model(batch)
-        # Independent path: the plain HF forward (full logits, all hidden states).
+        # Independent path: the plain HF forward (full logits, all hidden states); the pose encoder's
+        # tokens go in through transformers' precomputed image-features input.
+        images = {"pixel_values": batch["pixel_values"]}
+        if model.pose_pathway is not None:
+            features = model.image_features(batch["pixel_values"], batch["pose_pixel_values"])
+            images = {"mm_encoder_outputs": {"image": features}}
         ref = model.lm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
             output_hidden_states=True,
+            **images,
         )
     logits = ref.logits.double().numpy()
     labels = batch["labels"].numpy()
@@ -117,6 +122,25 @@ def test_a_list_style_target_would_reach_the_vision_tower(model) -> None:
         check_targets(model.llava, r".*language_model.*\.nothing")
 
 
+@pytest.mark.parametrize("root_weight", [1.0, 8.0, 0.0])
+def test_root_weight_of_the_pose_loss(model, root_weight) -> None:
+    rng = np.random.default_rng(5)
+    pred = torch.from_numpy(rng.normal(size=(3, 24, 3, 3)))
+    target = torch.from_numpy(rng.normal(size=(3, 24, 3, 3)))
+    per_joint = np.abs(pred.numpy() - target.numpy()).mean(axis=(2, 3))  # (3, 24)
+    weights = np.ones(24)
+    weights[0] = root_weight
+    expected = float(((per_joint * weights).sum(axis=1) / weights.sum()).mean())
+    old = model.cfg.pose_loss_root_weight
+    try:
+        model.cfg.pose_loss_root_weight = root_weight
+        assert model.rotation_l1(pred, target).item() == pytest.approx(expected, rel=1e-9)
+    finally:
+        model.cfg.pose_loss_root_weight = old
+    if root_weight == 1.0:  # the plain mean over the 24 × 9 entries
+        assert expected == pytest.approx(float(np.abs(pred.numpy() - target.numpy()).mean()), rel=1e-9)
+
+
 def test_trainable_parameter_set(model, tiny_model_config) -> None:
     names = trainable_parameter_names(model)
     groups = {
@@ -124,6 +148,7 @@ def test_trainable_parameter_set(model, tiny_model_config) -> None:
         "tokens": [n for n in names if "trainable_tokens_delta" in n],
         "projector": [n for n in names if "multi_modal_projector.modules_to_save" in n],
         "head": [n for n in names if n.startswith("pose_head.")],
+        "pose projector": [n for n in names if n.startswith("pose_pathway.projector.")],
     }
     assert sorted(n for group in groups.values() for n in group) == sorted(names)  # nothing else is trainable
     assert len(groups["tokens"]) == 2  # the <POSE> row of the input embedding and of the LM head
@@ -133,7 +158,8 @@ def test_trainable_parameter_set(model, tiny_model_config) -> None:
     }
     assert len(groups["projector"]) == 4 and tiny_model_config.train_projector
     assert len(groups["head"]) == 4
-    assert not any("vision_tower" in n for n in names)
+    assert len(groups["pose projector"]) == (4 if tiny_model_config.pose_encoder.enabled else 0)
+    assert not any("vision_tower" in n or "pose_pathway.encoder" in n for n in names)
     for name in groups["tokens"]:
         assert dict(model.named_parameters())[name].shape[0] == 1
 
