@@ -13,8 +13,8 @@ file to its shard inside one worker. Each write task returns its counts and the
 raw files' digests; the driver adds them up and writes ``manifest.json`` last,
 so a folder without a manifest is an unfinished job (see ``pipelines.writer``).
 ``engine="local"`` runs the same parts through the same functions in this process.
-Tasks that die (a killed worker, a lost node) are retried by Ray (``task_retries``);
-a retried part rewrites the same file names, so counts and rows never double.
+Tasks that die (a killed worker, a lost node) are retried by Ray core (its default of
+3 retries); a retried part rewrites the same file names, so counts and rows never double.
 """
 
 from __future__ import annotations
@@ -254,9 +254,8 @@ def run_ray(cfg: PrepareConfig, parts: list[Part], sink: ShardSink, settings: Tr
         # Worker output and errors reach this log (log_to_driver stays on).
         ray.init(address=cfg.ray_address or None)
     DataContext.get_current().enable_progress_bars = cfg.progress_bars
-    # Ray fuses the three steps into one task per part; max_retries (Ray core's retry of a task whose
-    # worker died) is given to the map and write steps, as read_datasource takes no ray_remote_args.
-    remote = {"num_cpus": cfg.num_cpus_per_task, "max_retries": cfg.task_retries}
+    # Equal resources let Ray fuse the three steps into one task per part. A task whose worker or node
+    # died is run again by Ray core (3 retries by default for tasks, which Ray Data keeps).
     ds = ray.data.read_datasource(
         make_datasource(cfg, parts), override_num_blocks=len(parts), num_cpus=cfg.num_cpus_per_task
     ).map_batches(
@@ -265,9 +264,9 @@ def run_ray(cfg: PrepareConfig, parts: list[Part], sink: ShardSink, settings: Tr
         batch_format="pyarrow",
         batch_size=None,
         zero_copy_batch=True,
-        **remote,
+        num_cpus=cfg.num_cpus_per_task,
     )
-    ds.write_datasink(sink, ray_remote_args=remote)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": cfg.num_cpus_per_task})
 
 
 def transform_settings(cfg: PrepareConfig) -> TransformSettings:

@@ -107,8 +107,6 @@ class PrepareConfig:
     """Work items per block (the unit a task transforms and writes at a time)."""
     num_cpus_per_task: float = 1.0
     """CPUs reserved by each read → transform → write task."""
-    task_retries: int = 3
-    """Times Ray runs a task again after its worker or node died (a retried part rewrites the same files)."""
     progress_bars: bool = True
     """Show Ray Data's progress bars."""
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -131,8 +129,6 @@ class PrepareConfig:
             raise ConfigError(f"engine must be ray or local, got {self.engine!r}")
         if self.rows_per_read_task < 1 or self.read_tasks_per_source < 1 or self.batch_size < 1:
             raise ConfigError("rows_per_read_task, read_tasks_per_source and batch_size must be >= 1")
-        if self.task_retries < 0:
-            raise ConfigError(f"task_retries must be >= 0, got {self.task_retries}")
         if self.storage.max_attempts < 5:
             raise ConfigError(
                 f"storage.max_attempts must be >= 5 (S3 throttles), got {self.storage.max_attempts}"
