@@ -85,6 +85,7 @@ class ProcessMeter:
         self.peak = 0
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -99,6 +100,11 @@ class ProcessMeter:
             except psutil.Error:
                 continue
             cpu = times.user + times.system
+            if p.pid not in self.names:
+                try:
+                    self.names[p.pid] = " ".join(p.cmdline())
+                except psutil.Error:
+                    self.names[p.pid] = "?"
             self._first.setdefault(p.pid, cpu)
             self._last[p.pid] = cpu
         self.peak = max(self.peak, total)
@@ -107,6 +113,15 @@ class ProcessMeter:
         while not self._stop.is_set():
             self._sample()
             self._stop.wait(self.interval)
+
+    def task_workers_cpu(self) -> float:
+        """CPU seconds of Ray's task workers (``ray::`` processes that are not actors of Ray's own)."""
+        return sum(
+            self.cpu(pid)
+            for pid, name in self.names.items()
+            if name.startswith("ray::")
+            and not name.startswith(("ray::_", "ray::Dashboard", "ray::RuntimeEnv"))
+        )
 
     def cpu(self, pid: int | None = None) -> float:
         """CPU seconds used while measured: of one process, or of all of them."""
@@ -201,6 +216,12 @@ def main() -> int:
                 flush=True,
             )
             ratios.append(loop_s / ray_s)
+            workers = meter.task_workers_cpu()
+            # Other processes on a shared machine slow both runs; this is the wall time two free cores need.
+            print(
+                f"  task workers: {workers:.1f} CPU s (the loop: {loop_cpu:.1f}); on 2 free cores the Ray run "
+                f"needs >= {workers / 2:.1f}s: speed-up bound {loop_cpu / max(workers / 2, 1e-9):.2f}x"
+            )
             print(f"speed-up Ray / loop:      {loop_s / ray_s:.2f}x (target >= 1.6x)")
             print(
                 f"driver CPU: {driver:.1f}s of {total:.1f}s for the whole job = {100 * driver / total:.1f}% "
