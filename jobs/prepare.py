@@ -1,5 +1,8 @@
 """Turn raw datasets into the Parquet QA shards of DESIGN.md (Ray Data), with a manifest, rejects and an MLflow run.
 
+The driver plans (one part per npz row range, tar shard or share of a JSON-indexed source);
+Ray Data workers read, transform and write the shards; the manifest is written last.
+
     python jobs/prepare.py --config configs/prepare/synthetic.yaml raw_root=outputs/world out=outputs/shards
     ray job submit --working-dir . -- python jobs/prepare.py --config configs/prepare/real.yaml \\
         raw_root=s3://datasets/raw out=s3://datasets/shards/v1 storage.endpoint_url=http://minio:9000 \\
