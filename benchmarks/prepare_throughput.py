@@ -100,11 +100,11 @@ class ProcessMeter:
             except psutil.Error:
                 continue
             cpu = times.user + times.system
-            if p.pid not in self.names:
-                try:
-                    self.names[p.pid] = " ".join(p.cmdline())
-                except psutil.Error:
-                    self.names[p.pid] = "?"
+            # Latest title: a worker is "default_worker.py ..." until Ray names it "ray::...".
+            try:
+                self.names[p.pid] = " ".join(p.cmdline())
+            except psutil.Error:
+                self.names.setdefault(p.pid, "?")
             self._first.setdefault(p.pid, cpu)
             self._last[p.pid] = cpu
         self.peak = max(self.peak, total)
