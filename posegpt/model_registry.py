@@ -25,6 +25,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the checkpoint folder among a registered version's pyfunc artifacts."""
 BASE_MODEL_ARTIFACT = "base_model"
 """Name of the bundled base model folder among a version's pyfunc artifacts (a small local base only)."""
+POSE_ENCODER_ARTIFACT = "pose_encoder_weights"
+"""Name of the frozen pose encoder's weights file among a version's pyfunc artifacts (when the model has one)."""
 BUNDLE_BASE_MODEL_MAX_BYTES = 1 << 30
 """A local base model folder up to this size travels with the registered version; a bigger one is referenced."""
 TINY_BASE_ID = "posegpt/tiny-llava"
@@ -129,21 +131,29 @@ def checkpoint_subpath(model_dir: str, storage: StorageConfig | None = None) -> 
 
 
 def use_bundled_base(model_dir: Path, checkpoint: Path) -> None:
-    """Point a downloaded checkpoint at the version's bundled base model when the one it names is not here.
+    """Point a downloaded checkpoint at the version's bundled base model and pose encoder weights
+    when the ones it names are not on this machine.
 
     ``checkpoint`` is a private download, so its ``config.yaml`` may be rewritten.
     """
-    sub = artifact_subpath(str(model_dir), BASE_MODEL_ARTIFACT)
     config_file = checkpoint / "config.yaml"
-    if sub is None or not config_file.is_file():
+    if not config_file.is_file():
         return
     config = yaml.safe_load(config_file.read_text()) or {}
+    changed = False
+    base = artifact_subpath(str(model_dir), BASE_MODEL_ARTIFACT)
     named = str(config.get("base_model") or "")
-    if is_s3(named) or (named and Path(named).expanduser().is_dir()):
-        return
-    config["base_model"] = str((model_dir / sub).resolve())
-    config["build_tiny_if_missing"] = False
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    if base is not None and not is_s3(named) and not (named and Path(named).expanduser().is_dir()):
+        config["base_model"] = str((model_dir / base).resolve())
+        config["build_tiny_if_missing"] = False
+        changed = True
+    weights = artifact_subpath(str(model_dir), POSE_ENCODER_ARTIFACT)
+    encoder = config.get("pose_encoder") or {}
+    if weights is not None and encoder.get("weights") and not Path(encoder["weights"]).expanduser().is_file():
+        encoder["weights"] = str((model_dir / weights).resolve())
+        changed = True
+    if changed:
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def fetch_model_checkpoint(uri: str, tracking_uri: str | None, cache_dir: str | Path) -> str:

@@ -10,7 +10,8 @@ Input: a DataFrame with a ``text`` column (or a string, a list of strings, or
 (the generated text), ``pose`` (72 axis-angle values of the first ``<POSE>``,
 empty when the answer has none) and ``num_poses``.
 
-The base model is read, in this order, from ``model_config["base_model"]`` given
+The pose encoder's frozen weights, when the model has one, travel as the
+``pose_encoder_weights`` artifact. The base model is read, in this order, from ``model_config["base_model"]`` given
 to ``load_model``, from the version's ``base_model`` artifact (a small local base
 is bundled at logging time), or from the location the checkpoint names (an
 ``s3://`` prefix for the 7B/13B presets). ``MLmodel``'s metadata names it by its
@@ -24,7 +25,7 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from posegpt.model_registry import BASE_MODEL_ARTIFACT, CHECKPOINT_ARTIFACT
+from posegpt.model_registry import BASE_MODEL_ARTIFACT, CHECKPOINT_ARTIFACT, POSE_ENCODER_ARTIFACT
 
 
 class PoseQueryModel(PythonModel):
@@ -37,6 +38,9 @@ class PoseQueryModel(PythonModel):
         settings = dict(context.model_config or {})
         base = settings.get("base_model") or context.artifacts.get(BASE_MODEL_ARTIFACT)
         overrides = [f"base_model={base}", "build_tiny_if_missing=false"] if base else []
+        if context.artifacts.get(POSE_ENCODER_ARTIFACT):
+            # The checkpoint names the frozen encoder's file where training read it; its sha256 still checks it.
+            overrides.append(f"pose_encoder.weights={context.artifacts[POSE_ENCODER_ARTIFACT]}")
         load: dict[str, Any] = {"overrides": overrides}
         if settings.get("cache_dir"):
             load["cache_dir"] = settings["cache_dir"]

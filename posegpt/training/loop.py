@@ -371,7 +371,13 @@ class Worker:
 
     def finish_model(self, folder: Path, checkpoint_uri: str) -> None:
         """Rank 0, after the last checkpoint: register the model version and draw the curves."""
-        from posegpt.model.checkpoint import ADAPTER_DIR, CONFIG_FILE, POSE_HEAD_FILE, TOKENIZER_DIR
+        from posegpt.model.checkpoint import (
+            ADAPTER_DIR,
+            CONFIG_FILE,
+            POSE_HEAD_FILE,
+            POSE_PROJECTOR_FILE,
+            TOKENIZER_DIR,
+        )
 
         with tempfile.TemporaryDirectory(prefix="posegpt-final-") as tmp:
             model_dir = Path(tmp) / "checkpoint"
@@ -380,6 +386,8 @@ class Worker:
                 shutil.copytree(folder / name, model_dir / name)
             for name in (POSE_HEAD_FILE, CONFIG_FILE):
                 shutil.copy2(folder / name, model_dir / name)
+            if (folder / POSE_PROJECTOR_FILE).is_file():  # only a model with a pose encoder has one
+                shutil.copy2(folder / POSE_PROJECTOR_FILE, model_dir / POSE_PROJECTOR_FILE)
             version = self.logger.log_final_model(model_dir, checkpoint_uri)
         if version is not None:
             self.logger.set_tags({"posegpt.registered_version": version})

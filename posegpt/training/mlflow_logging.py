@@ -25,7 +25,7 @@ import mlflow.pyfunc
 
 import posegpt
 from posegpt.config import to_dict
-from posegpt.model_registry import BASE_MODEL_ARTIFACT, base_model_reference
+from posegpt.model_registry import BASE_MODEL_ARTIFACT, POSE_ENCODER_ARTIFACT, base_model_reference
 from posegpt.storage import StorageConfig, exists, join, read_bytes, write_bytes
 from posegpt.training.config import TrainConfig
 
@@ -200,10 +200,20 @@ def log_pyfunc_model(checkpoint_dir: str | Path, registered_model_name: str | No
     artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
     if base.bundle:
         artifacts[BASE_MODEL_ARTIFACT] = base.uri
+    if model_cfg.pose_encoder.enabled:
+        weights = Path(model_cfg.pose_encoder.weights)
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"pose encoder weights {weights} (named by {checkpoint / CONFIG_FILE}) do not exist"
+            )
+        artifacts[POSE_ENCODER_ARTIFACT] = str(weights)
     with tempfile.TemporaryDirectory(prefix="posegpt-code-") as tmp:
-        # Only the package's sources: caches and compiled files of this checkout stay behind.
+        # Only the package's sources: caches, compiled files and weights of this checkout stay behind
+        # (the weights a version needs are its artifacts).
         code = Path(tmp) / "posegpt"
-        shutil.copytree(Path(posegpt.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            Path(posegpt.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.safetensors")
+        )
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(PYFUNC_CODE),

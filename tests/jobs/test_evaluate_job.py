@@ -228,6 +228,12 @@ def test_mlflow_run_is_child_of_training_run(evaluated) -> None:
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert "report/report.md" in artifacts and "report/examples" in artifacts
     assert run.info.run_id in (out / "report" / "report.md").read_text()
+    # The first scored version of the model takes the champion alias, with its score and run as tags.
+    champion = client.get_model_version_by_alias("posegpt-test", "champion")
+    assert champion.run_id == train_run_id
+    score = float(champion.tags["posegpt.eval.text2pose/pa_mpjpe"])
+    assert score == pytest.approx(run.data.metrics["text2pose/pa_mpjpe"])
+    assert champion.tags["posegpt.eval_run_id"] == run.info.run_id
 
 
 def test_bad_inputs(

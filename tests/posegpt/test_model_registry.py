@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from posegpt.model_registry import BASE_MODEL_ARTIFACT, base_model_reference, fetch_model_checkpoint
+from posegpt.model_registry import (
+    BASE_MODEL_ARTIFACT,
+    POSE_ENCODER_ARTIFACT,
+    base_model_reference,
+    fetch_model_checkpoint,
+)
 from tests.fixtures.model import POSING_SAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,13 +71,19 @@ def registered(tiny_base_dir: Path, posing_checkpoint_dir: Path, tmp_path_factor
     shutil.copytree(posing_checkpoint_dir, checkpoint)
     config = yaml.safe_load((checkpoint / "config.yaml").read_text())
     config["base_model"] = str(base)
+    encoder = config.get("pose_encoder") or {}
+    if encoder.get("kind", "none") != "none":
+        # The frozen pose encoder's weights, like the base, must come with the version.
+        weights = root / "models" / "pose_encoder.safetensors"
+        shutil.copy2(encoder["weights"], weights)
+        encoder["weights"] = str(weights)
     (checkpoint / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracking.configure(TrackingConfig(tracking_uri=uri, experiment="registry"), root)
     with mlflow.start_run():
         info = log_pyfunc_model(checkpoint, registered_model_name="posegpt-registry-test")
-    shutil.rmtree(base)  # a machine without the base folder the checkpoint names
+    shutil.rmtree(root / "models")  # a machine without the base folder (and weights) the checkpoint names
     return uri, f"models:/posegpt-registry-test/{info.registered_model_version}", info
 
 
@@ -86,12 +97,17 @@ def test_version_names_its_base_and_carries_signature_example_and_code(registere
     assert {p.name for p in info.signature.params.params} == {"max_new_tokens"}
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
     assert (local / "code" / "posegpt" / "inference.py").is_file()
-    assert not list((local / "code").rglob("__pycache__"))
+    assert not list((local / "code").rglob("__pycache__")) and not list(
+        (local / "code").rglob("*.safetensors")
+    )
     example = json.loads((local / "serving_input_example.json").read_text())
     assert example["dataframe_split"]["columns"] == ["text"]
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert "model_code_path" in flavor, "models-from-code, not a pickle referring to the checkout"
     assert BASE_MODEL_ARTIFACT in flavor["artifacts"]
+    logged = yaml.safe_load((local / flavor["artifacts"]["checkpoint"]["path"] / "config.yaml").read_text())
+    has_encoder = (logged.get("pose_encoder") or {}).get("kind", "none") != "none"
+    assert (POSE_ENCODER_ARTIFACT in flavor["artifacts"]) == has_encoder
 
 
 @pytest.mark.slow
