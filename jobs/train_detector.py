@@ -76,7 +76,9 @@ def run(
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     found = world_labeled_images(world)
-    dataset = write_yolo_dataset(found.items, out / "dataset", cfg.max_images, cfg.seed)
+    dataset = write_yolo_dataset(
+        found.items, out / "dataset", cfg.max_images, cfg.seed, cfg.negative_fraction
+    )
     trained = train_yolo(cfg, dataset.data_yaml, dataset.digest, Path(weights_cache or out / "runs"))
     # A copy at a fixed path, for configs that name it (detector.weights=<out>/detector.pt).
     weights = out / "detector.pt"

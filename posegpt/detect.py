@@ -431,6 +431,8 @@ class DetectorTrainConfig:
     """Seed for the train/held-out split and Ultralytics' training."""
     max_images: int = 0
     """Train on at most this many of the world's training images, a seeded subset (0: all); val and test images are held out."""
+    negative_fraction: float = 0.25
+    """Person-free training images (world backgrounds, pixel noise) added per training image; without them the detector saw people in random noise."""
     reuse: bool = True
     """Reuse weights already trained with the same config and data (a folder keyed by their hash)."""
     eval_min_score: float = 0.01

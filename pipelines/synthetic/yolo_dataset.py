@@ -4,13 +4,16 @@ Layout written under ``out``::
 
     images/{train,val}/<name>.<ext>     copies of the world's images
     labels/{train,val}/<name>.txt       one line per person: ``0 cx cy w h`` (normalised to [0, 1])
+    images/train/negative_<i>.png       person-free images (backgrounds, noise) with empty label files
     data.yaml                           path, train, val, names {0: person}
 
 Images come from the world's single-person datasets (SPIN/HMR2-style npz, tight
 boxes in their ``bbox`` array) and its multi-person RPE scenes (per-person
 ``bbox``). The detector trains on the world's ``train`` split and is evaluated
 on the others, so no image that evaluates PoseGPT (RPE test scenes) was seen
-by the detector either.
+by the detector either. Person-free training images (the world's own background
+textures, and pixel noise at odd sizes and aspect ratios) teach it that texture
+alone is not a person: without them it found people in random noise.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from pipelines.synthetic.appearance import background
 from pipelines.synthetic.scenes import SPIN_PADDING
 
 PERSON_CLASS_ID = 0
 """The only class of datasets written here."""
 
 TRAIN_SPLIT = "train"
+
+NEGATIVE_PREFIX = "negative_"
+"""File-name prefix of the person-free training images."""
 
 
 @dataclass(frozen=True)
@@ -148,14 +155,39 @@ def _rank(name: str, seed: int) -> bytes:
     return hashlib.sha256(f"{seed}:{name}".encode()).digest()
 
 
+def negative_image(index: int, seed: int) -> Image.Image:
+    """Person-free image ``index``: a world background or pixel noise, at a size and aspect ratio of its own."""
+    rng = np.random.default_rng([seed, index, 0x6E6567])
+    width, height = (int(v) for v in rng.integers(96, 640, size=2))
+    if index % 2 == 0:
+        side = max(width, height)
+        pixels, _ = background(rng, side)
+        return Image.fromarray(pixels[:height, :width])
+    if index % 4 == 1:
+        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    else:  # noise at a coarser grain, upsampled: blobs rather than single pixels
+        grain = int(rng.integers(2, 9))
+        coarse = rng.integers(0, 256, size=(height // grain + 1, width // grain + 1, 3), dtype=np.uint8)
+        pixels = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.NEAREST))
+    return Image.fromarray(pixels)
+
+
 def write_yolo_dataset(
-    images: Iterable[LabeledImage], out: str | Path, max_train_images: int = 0, seed: int = 0
+    images: Iterable[LabeledImage],
+    out: str | Path,
+    max_train_images: int = 0,
+    seed: int = 0,
+    negative_fraction: float = 0.0,
 ) -> YoloDataset:
     """Write ``images`` in YOLO's layout under ``out``: the world's train split for training, the rest held out.
 
     ``max_train_images`` keeps a seeded, name-hashed subset of the training
-    images (0: all). Previous ``images/`` and ``labels/`` under ``out`` are replaced.
+    images (0: all). ``negative_fraction`` adds that many person-free training
+    images per training image (``negative_image``); the held-out split stays the
+    world's. Previous ``images/`` and ``labels/`` under ``out`` are replaced.
     """
+    if not 0.0 <= negative_fraction <= 1.0:
+        raise ValueError(f"negative_fraction must be in [0, 1], got {negative_fraction}")
     out = Path(out)
     for sub in ("images", "labels"):
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -173,6 +205,15 @@ def write_yolo_dataset(
             f"detector dataset: {len(train)} training and {len(val)} held-out images; both need at least one"
         )
     digest = hashlib.sha256()
+    for i in range(round(negative_fraction * len(train))):
+        name = f"{NEGATIVE_PREFIX}{i:05d}.png"
+        path = out / "images" / "train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        negative_image(i, seed).save(path)
+        (out / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        (out / "labels" / "train" / f"{NEGATIVE_PREFIX}{i:05d}.txt").write_bytes(b"")
+        digest.update(f"train/{name}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     for split, members in (("train", train), ("val", val)):
         for item in members:
             data = item.path.read_bytes()

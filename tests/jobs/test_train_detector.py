@@ -13,6 +13,7 @@ from PIL import Image
 
 from jobs.train_detector import main
 from pipelines.synthetic.yolo_dataset import (
+    NEGATIVE_PREFIX,
     label_lines,
     read_label_file,
     world_labeled_images,
@@ -71,6 +72,22 @@ def test_world_images_in_yolo_format(synthetic_world, tmp_path: Path) -> None:
     subset = write_yolo_dataset(found.items, tmp_path / "subset", max_train_images=10)
     assert len(subset.train) == 10 and len(subset.val) == len(dataset.val)
     assert subset.digest != dataset.digest
+    # Person-free images join the training split only, with empty labels, the same ones each time.
+    negatives = write_yolo_dataset(found.items, tmp_path / "neg", max_train_images=10, negative_fraction=0.5)
+    added = sorted((tmp_path / "neg" / "images" / "train").glob(f"{NEGATIVE_PREFIX}*.png"))
+    assert len(added) == 5 and negatives.digest != subset.digest
+    assert len(list((tmp_path / "neg" / "images" / "val").iterdir())) == len(dataset.val)
+    sizes = set()
+    for image in added:
+        label = tmp_path / "neg" / "labels" / "train" / image.with_suffix(".txt").name
+        assert label.read_bytes() == b""
+        with Image.open(image) as im:
+            sizes.add(im.size)
+    assert len(sizes) == 5  # sizes and aspect ratios vary
+    again = write_yolo_dataset(found.items, tmp_path / "neg2", max_train_images=10, negative_fraction=0.5)
+    assert again.digest == negatives.digest
+    with pytest.raises(ValueError, match="negative_fraction"):
+        write_yolo_dataset(found.items, tmp_path / "bad", negative_fraction=1.5)
 
 
 @pytest.mark.slow

@@ -213,6 +213,10 @@ def test_image_without_people_gives_no_boxes(synthetic_detector) -> None:
     grey = np.full((size, size, 3), 128, np.uint8)
     assert detector.detect([grey, *backgrounds]) == [[] for _ in range(5)]
     assert detector.detect([]) == []
+    # Pixel noise, the service's abuse case (it found 2 people in noise before negatives were trained on).
+    rng = np.random.default_rng(12345)
+    noise = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((640, 640, 3), (480, 320, 3))]
+    assert detector.detect(noise) == [[], []]
 
 
 @pytest.mark.slow
