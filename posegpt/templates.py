@@ -23,6 +23,11 @@ picks are returned as template ids for the row's ``meta``. With
 ``TemplateConfig.variants`` = k, the prepare job writes k rows per training
 sample (ids ``<sample id>:<v>``), each with a different (question, answer) pair
 of one seeded permutation, so a pose is not tied to one phrasing.
+
+Pose-input tasks (``pose2text``, ``posediff``, ``poseedit``) mark each input pose of the
+question with ``<POSE_IN>`` (``posegpt.schema.POSE_INPUT_TOKEN``); the row's ``poses`` list
+them in the order they appear, before any answered ``<POSE>``. ``pose2text`` and ``posediff``
+answer with the caption or modifier text itself, ``poseedit`` with a ``<POSE>`` answer form.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from posegpt.schema import IMAGE_TOKEN, POSE_TOKEN
+from posegpt.schema import IMAGE_TOKEN, POSE_INPUT_TOKEN, POSE_TOKEN
 
 IMAGE_QUESTIONS: tuple[str, ...] = (
     "What is the SMPL pose of the person in this image?",
@@ -92,6 +97,39 @@ RPE_QUESTIONS: tuple[str, ...] = (
 )
 """``posegpt`` questions for ``rpe`` rows: the description picks one person of a multi-person image."""
 
+POSE2TEXT_QUESTIONS: tuple[str, ...] = (
+    "Describe this pose: {pose_in}",
+    "Here is an SMPL pose: {pose_in} How is the person holding their body?",
+    "{pose_in} Describe the posture of this person in words.",
+    "What does the body do in this pose? {pose_in}",
+    "Can you explain in words what this 3D pose looks like? {pose_in}",
+    "Tell me how the person is positioned in {pose_in}.",
+)
+"""``pose2text`` questions: the input pose (``{pose_in}``) is to be described; the answer is the caption."""
+
+POSEDIFF_QUESTIONS: tuple[str, ...] = (
+    "How does pose {pose_a} differ from pose {pose_b}? Say what to change in the first to get the second.",
+    "Here are two poses, {pose_a} and {pose_b}. What should the person in the first one do to reach the second?",
+    "Compare {pose_a} with {pose_b}: how must the first pose change to become the second?",
+    "Starting from {pose_a}, what changes lead to {pose_b}?",
+    "What is the difference between these poses? From {pose_a} to {pose_b}.",
+)
+"""``posediff`` questions: pose A comes before pose B in every phrasing (their order in ``poses``);
+the answer is the modifier text that turns A into B."""
+
+POSEEDIT_QUESTIONS: tuple[str, ...] = (
+    "Here is a pose: {pose_in} {caption} What is the new SMPL pose?",
+    "{pose_in} Change this pose as follows: {caption}",
+    "Take the pose {pose_in} and edit it: {caption}",
+    "Starting from {pose_in}, {caption_lower} Give me the resulting pose.",
+    "Apply this change to the pose {pose_in}: {caption}",
+    "Modify {pose_in} so that {caption_lower}",
+)
+"""``poseedit`` questions: the input pose (``{pose_in}``) and the instruction (``{caption}``); the answer is a pose."""
+
+TEXT_ANSWERS: tuple[str, ...] = ("{caption}",)
+"""Answer of ``pose2text`` and ``posediff``: the caption or modifier text itself (what BLEU/ROUGE compare)."""
+
 CHATPOSE_TEXT_QUESTIONS: tuple[str, ...] = (
     "I have a word description of a person's pose, can you give the SMPL pose of this person? {caption}",
     "There is a person: {caption} Please output this person's SMPL pose.",
@@ -135,6 +173,8 @@ CHATPOSE_REASONING_ANSWERS: tuple[str, ...] = ("Sure, it is {pose}.",)
 """The answer of the SPG / RPE benchmark rows."""
 
 POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
+POSE_INPUT_TASKS: tuple[str, ...] = ("pose2text", "posediff", "poseedit")
+"""Tasks whose question holds input poses (``<POSE_IN>``, see ``posegpt.schema.POSE_INPUT_TASKS``)."""
 TASKS_WITH_IMAGE = frozenset({"image2pose", "rpe"})
 PLACEHOLDERS: tuple[str, ...] = (
     "caption",
@@ -143,7 +183,15 @@ PLACEHOLDERS: tuple[str, ...] = (
     "description_lower_noperiod",
     "description_noperiod",
 )
-"""Fields a question may use (all from the row's text); answers use ``{pose}``."""
+"""Fields a question may use (all from the row's text); answers use ``{pose}`` (and ``{caption}``)."""
+POSE_PLACEHOLDERS: tuple[str, ...] = ("pose_in", "pose_a", "pose_b")
+"""Input pose markers of a question, each becoming ``<POSE_IN>`` (``pose_a`` before ``pose_b``)."""
+_INPUT_POOLS: dict[str, tuple[str, ...]] = {
+    "pose2text": POSE2TEXT_QUESTIONS,
+    "posediff": POSEDIFF_QUESTIONS,
+    "poseedit": POSEEDIT_QUESTIONS,
+}
+_INPUT_ANSWERS: dict[str, tuple[str, ...]] = {"pose2text": TEXT_ANSWERS, "posediff": TEXT_ANSWERS}
 
 
 @dataclass(frozen=True)
@@ -169,8 +217,10 @@ PRESETS: dict[str, TemplateSet] = {
             "text2pose": TEXT_QUESTIONS,
             "spg": SPG_QUESTIONS,
             "rpe": RPE_QUESTIONS,
+            **_INPUT_POOLS,
         },
         ANSWERS,
+        task_answers=_INPUT_ANSWERS,
         source="this project's own phrasings (in the spirit of the paper's tables)",
     ),
     "chatpose": TemplateSet(
@@ -180,15 +230,20 @@ PRESETS: dict[str, TemplateSet] = {
             "text2pose": CHATPOSE_TEXT_QUESTIONS,
             "spg": CHATPOSE_REASONING_QUESTIONS,
             "rpe": CHATPOSE_REASONING_QUESTIONS,
+            # ChatPose reads no poses: the pose-input tasks keep this project's phrasings.
+            **_INPUT_POOLS,
         },
         CHATPOSE_ANSWERS,
-        task_answers={"spg": CHATPOSE_REASONING_ANSWERS, "rpe": CHATPOSE_REASONING_ANSWERS},
-        source="ChatPose's released lists (yfeng95/PoseGPT utils/utils.py) and its SPG/RPE benchmark prompt",
+        task_answers={"spg": CHATPOSE_REASONING_ANSWERS, "rpe": CHATPOSE_REASONING_ANSWERS, **_INPUT_ANSWERS},
+        source="ChatPose's released lists (yfeng95/PoseGPT utils/utils.py) and its SPG/RPE benchmark prompt; "
+        "this project's phrasings for the pose-input tasks",
     ),
 }
 """Template presets by name."""
 DEFAULT_PRESET = "posegpt"
-QUESTION_POOLS: dict[str, tuple[str, ...]] = dict(PRESETS[DEFAULT_PRESET].questions)
+QUESTION_POOLS: dict[str, tuple[str, ...]] = {
+    t: q for t, q in PRESETS[DEFAULT_PRESET].questions.items() if t in POSE_TASKS
+}
 """The default preset's question pools (kept for callers of the single-preset API)."""
 
 
@@ -245,6 +300,8 @@ def _fill(template: str, text: str) -> str:
         description_lower=lower,
         description_lower_noperiod=lower.rstrip(" .!"),
         description_noperiod=text.rstrip(" .!"),
+        pose=POSE_TOKEN,
+        **dict.fromkeys(POSE_PLACEHOLDERS, POSE_INPUT_TOKEN),
     )
 
 
@@ -263,7 +320,7 @@ def _conversation(
     question = _fill(templates.questions[task][q], text or "")
     if task in TASKS_WITH_IMAGE:
         question = f"{IMAGE_TOKEN}\n{question}"
-    answer = templates.answers_for(task)[a].format(pose=POSE_TOKEN)
+    answer = _fill(templates.answers_for(task)[a], text or "")
     # The default preset keeps the ids it always wrote, so older shards' meta stays comparable.
     prefix = "" if templates.name == DEFAULT_PRESET else f"{templates.name}:"
     answer_pool = "answer" if task not in templates.task_answers else f"{task}-answer"
@@ -348,16 +405,27 @@ def vqa_conversation(turns: Sequence[Mapping[str, str]]) -> list[dict[str, str]]
     return out
 
 
-def all_template_text(presets: Sequence[str] = (DEFAULT_PRESET,)) -> list[str]:
-    """Every phrasing of ``presets`` with its placeholders removed (a tokenizer's training corpus)."""
+def all_template_text(
+    presets: Sequence[str] = (DEFAULT_PRESET,), tasks: Sequence[str] = POSE_TASKS
+) -> list[str]:
+    """Every phrasing of ``presets`` for ``tasks`` with its placeholders removed (a tokenizer's training corpus).
+
+    ``tasks`` defaults to the pose-answer tasks, the corpus tokenizers were trained on before
+    the pose-input tasks existed; pass ``(*POSE_TASKS, *POSE_INPUT_TASKS)`` to include those
+    (their input markers become ``<POSE_IN>``).
+    """
     texts: list[str] = []
-    empty = dict.fromkeys(PLACEHOLDERS, "")
+    empty = {**dict.fromkeys(PLACEHOLDERS, ""), **dict.fromkeys(POSE_PLACEHOLDERS, POSE_INPUT_TOKEN)}
     for name in presets:
         templates = template_set(name)
-        pools = [*templates.questions.values(), templates.answers, *templates.task_answers.values()]
+        pools = [
+            *(q for t, q in templates.questions.items() if t in tasks),
+            templates.answers,
+            *(a for t, a in templates.task_answers.items() if t in tasks),
+        ]
         for pool in pools:
             for template in pool:
                 text = " ".join(template.format(**empty, pose=POSE_TOKEN).split())
-                if text not in texts:
+                if text and text not in texts:
                     texts.append(text)
     return texts
