@@ -20,6 +20,7 @@ from posegpt.tracking import TrackingConfig
 
 READER_NAMES: tuple[str, ...] = (
     "posescript",
+    "posefix",
     "spin",
     "hmr2",
     "hmr2_tar",
@@ -36,10 +37,10 @@ class SourceConfig:
     """One raw dataset to read (one entry of ``sources``)."""
 
     reader: str = ""
-    """Raw format: posescript (PoseScript V1/V2 + AMASS), spin, hmr2 (npz + images), hmr2_tar (HMR 2.0 webdataset
+    """Raw format: posescript (PoseScript V1/V2 + AMASS), posefix (PoseFix pairs + AMASS), spin, hmr2 (npz + images), hmr2_tar (HMR 2.0 webdataset
     tar shards), llava (mix665k JSON), spg, rpe, image_folder."""
     path: str = ""
-    """Main input: the PoseScript folder, an npz file or a folder of ``<split>.npz``, a tar shard, a folder of them
+    """Main input: the PoseScript or PoseFix folder, an npz file or a folder of ``<split>.npz``, a tar shard, a folder of them
     or a ``{000000..000017}`` pattern (hmr2_tar), the LLaVA JSON file, the spg/rpe folder."""
     enabled: bool = True
     """Set false to skip this source without deleting its section."""
@@ -53,9 +54,10 @@ class SourceConfig:
     image_root: str = ""
     """Folder the image paths of the input are relative to; empty: the folder of ``path`` (llava: ``raw_root``)."""
     amass_root: str = ""
-    """AMASS folder (SMPL+H G npz) that PoseScript's ids point into (posescript, spg)."""
+    """AMASS folder (SMPL+H G npz) that PoseScript's ids point into (posescript, posefix, spg)."""
     posescript: str = ""
-    """PoseScript V2 folder whose pose ids the ``spg`` descriptions refer to."""
+    """PoseScript V2 folder whose pose ids the ``spg`` descriptions (and ``posefix`` pairs, when the PoseFix
+    folder lacks the ids file) refer to."""
     layout: str = "auto"
     """PoseScript release layout: v2, v1, or auto (v2 when its ids file is there)."""
     description_types: list[str] = field(default_factory=list)
@@ -153,7 +155,7 @@ class PrepareConfig:
                 )
             if src.layout not in ("auto", "v1", "v2"):
                 raise ConfigError(f"sources.{name}.layout must be auto, v1 or v2, got {src.layout!r}")
-            if src.reader in ("posescript", "spg") and not src.amass_root:
+            if src.reader in ("posescript", "posefix", "spg") and not src.amass_root:
                 raise ConfigError(
                     f"sources.{name}.amass_root is empty: {src.reader} poses live in AMASS files"
                 )

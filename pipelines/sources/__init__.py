@@ -8,7 +8,7 @@ each part as its own Ray Data read task. Parts are:
 
 - npz files (spin, hmr2): row ranges of each file, ``{"file", "split", "rows"}``;
 - tar shards (hmr2_tar): one shard each, ``{"file"}``;
-- sources indexed by JSON files or a folder listing (posescript, spg, rpe, llava,
+- sources indexed by JSON files or a folder listing (posescript, posefix, spg, rpe, llava,
   image_folder): ``{"stride": k, "offset": j}``, every k-th entry, so each task parses
   the index itself and no driver ever holds it; the part with offset 0 also reports
   what concerns the whole source.
@@ -32,6 +32,7 @@ Reader = Callable[..., Iterator[Item]]
 
 READERS: dict[str, str] = {
     "posescript": "pipelines.sources.posescript:read",
+    "posefix": "pipelines.sources.posefix:read",
     "spin": "pipelines.sources.spin_hmr:read_spin",
     "hmr2": "pipelines.sources.spin_hmr:read_hmr2",
     "hmr2_tar": "pipelines.sources.hmr2_tar:read",

@@ -71,10 +71,12 @@ def smplh_to_smpl(poses: np.ndarray) -> np.ndarray:
 class AmassFiles:
     """Sequences under one AMASS root, loaded once each (a few kept in memory) and converted to SMPL."""
 
-    def __init__(self, ctx: ReadContext, amass_root: str, keep: int = 8) -> None:
+    def __init__(self, ctx: ReadContext, amass_root: str, keep: int = 8, convert: bool = True) -> None:
         self.ctx = ctx
         self.root = ctx.path(amass_root)
         self.keep = keep
+        self.convert = convert
+        """False: frames stay SMPL-H in AMASS's z-up world (PoseFix's in-sequence pairs need the raw roots)."""
         self._cache: OrderedDict[str, tuple[str, np.ndarray | str]] = OrderedDict()
 
     def resolve_sequence(self, rel: str) -> tuple[str | None, list[str]]:
@@ -86,7 +88,7 @@ class AmassFiles:
         return None, tried
 
     def sequence(self, rel: str) -> tuple[str, np.ndarray | str]:
-        """(URI, (T, 72) SMPL poses) or (URI or rel, the reason it cannot be used)."""
+        """(URI, (T, 72) SMPL poses; raw (T, ≥66) without ``convert``) or (URI or rel, the reason it cannot be used)."""
         if rel in self._cache:
             self._cache.move_to_end(rel)
             return self._cache[rel]
@@ -99,7 +101,12 @@ class AmassFiles:
                 arrays = self.ctx.read_npz(uri)
                 if "poses" not in arrays:
                     raise RawFileError(f"{uri} has no 'poses' array (keys: {sorted(arrays)})")
-                result = (uri, smplh_to_smpl(arrays["poses"]))
+                raw = np.asarray(arrays["poses"], dtype=np.float64)
+                if not self.convert and (raw.ndim != 2 or raw.shape[1] < 3 * AMASS_BODY_JOINTS):
+                    raise ValueError(
+                        f"expected (T, >= {3 * AMASS_BODY_JOINTS}) SMPL-H poses, got shape {raw.shape}"
+                    )
+                result = (uri, smplh_to_smpl(raw) if self.convert else raw)
             except (RawFileError, ValueError) as exc:
                 result = (uri, f"AMASS file {uri}: {exc}")
         self._cache[rel] = result

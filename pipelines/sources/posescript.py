@@ -117,15 +117,15 @@ def load_poses(
 
 
 def choose_captions(
-    pid: int, human: list[str], auto: list[str], seed: int, all_captions: bool
+    pid: int, human: list[str], auto: list[str], seed: int, all_captions: bool, key: str = ""
 ) -> list[tuple[int, str, str]]:
-    """[(caption index in human + auto, caption, label source)] for one pose id."""
+    """[(caption index in human + auto, caption, label source)] for one pose id (``key``: seeds the pick)."""
     labelled = [(i, t, "human") for i, t in enumerate(human)] + [
         (len(human) + i, t, "auto") for i, t in enumerate(auto)
     ]
     if all_captions or not labelled:
         return labelled
-    rng = random.Random(seed + stable_hash(f"posescript:{pid}"))
+    rng = random.Random(seed + stable_hash(key or f"posescript:{pid}"))
     pool = labelled[: len(human)] if human else labelled
     return [pool[rng.randrange(len(pool))]]
 

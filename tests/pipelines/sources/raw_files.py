@@ -163,3 +163,28 @@ class Hostile:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def posefix_release(
+    root: Path,
+    entries: dict[int, tuple[str, int]],
+    pairs: list,
+    splits: dict[str, tuple[list[int], list[int]]],
+    human: dict,
+    paraphrases: dict,
+    auto: dict,
+) -> Path:
+    """A ``posefix_dataset_release`` folder; ``splits`` maps a split to (in-sequence, out-of-sequence) pair ids."""
+    folder = root / "posefix"
+    write_json(
+        folder / "ids_2_dataset_sequence_and_frame_index_100k.json",
+        {str(k): ["AMASS", rel, fr] for k, (rel, fr) in entries.items()},
+    )
+    write_json(folder / "pair_id_2_pose_ids.json", pairs)
+    for split, (inside, outside) in splits.items():
+        write_json(folder / f"{split}_in_sequence_pair_ids.json", inside)
+        write_json(folder / f"{split}_out_sequence_pair_ids.json", outside)
+    write_json(folder / "posefix_human_6157.json", {str(k): v for k, v in human.items()})
+    write_json(folder / "posefix_paraphrases_4284.json", {str(k): v for k, v in paraphrases.items()})
+    write_json(folder / "posefix_auto_135305.json", {str(k): v for k, v in auto.items()})
+    return folder
