@@ -69,6 +69,7 @@ def test_environment_names_the_server_only_when_the_config_names_none(configured
     assert cfg.tracking.tracking_uri == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("enabled", [True, False])
 def test_runs_log_system_metrics_when_asked(tmp_path: Path, enabled: bool) -> None:
     import time
