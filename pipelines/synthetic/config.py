@@ -33,6 +33,10 @@ class SynthConfig:
     """Share of sequences (pose ids, images and scenes alike) in the validation split."""
     test_fraction: float = 0.1
     """Share of sequences (pose ids, images and scenes alike) in the test split."""
+    pose_pairs: int = 0
+    """PoseFix-style pose pairs with modifier texts (``posefix/``, for poseedit / posediff); 0 writes none."""
+    in_sequence_fraction: float = 0.5
+    """Share of the pose pairs taken from one sequence (the rest join two sequences of one split)."""
     spg_fraction: float = 0.5
     """Share of pose ids of each split that get an implicit activity description (``spg``)."""
     images: int = 200
@@ -64,7 +68,7 @@ class SynthConfig:
         for name in ("poses", "poses_per_sequence", "frames_per_sequence", "image_size", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("images", "rpe_scenes", "llava_rows", "v1_poses", "auto_captions"):
+        for name in ("images", "rpe_scenes", "llava_rows", "v1_poses", "auto_captions", "pose_pairs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.poses_per_sequence > self.frames_per_sequence:
@@ -77,6 +81,7 @@ class SynthConfig:
             "val_fraction",
             "test_fraction",
             "spg_fraction",
+            "in_sequence_fraction",
             "hmr2_fraction",
             "no_pose_fraction",
             "occluder_fraction",

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.synthetic import images, instructions, posescript
+from pipelines.synthetic import images, instructions, posefix, posescript
 from pipelines.synthetic.config import SynthConfig
 from pipelines.synthetic.writers import write_json
 from posegpt.body import BodyModel, default_body_model
@@ -57,6 +57,11 @@ def write_world(cfg: SynthConfig, out: str | Path, cache_dir: str | Path | None 
     v1 = posescript.write_posescript_v1(root / "posescript_v1", cfg, records)
     spg = posescript.write_spg(root / "spg", cfg, records)
     seconds["captions"] = time.perf_counter() - t
+    pairs = None
+    if cfg.pose_pairs:
+        t = time.perf_counter()
+        pairs = posefix.write_posefix(root / "posefix", cfg, records, body)
+        seconds["pose_pairs"] = time.perf_counter() - t
 
     t = time.perf_counter()
     image_tasks = images.plan_images(cfg, _image_splits(cfg, cfg.images, STREAM_IMAGE_SPLITS))
@@ -123,6 +128,8 @@ def write_world(cfg: SynthConfig, out: str | Path, cache_dir: str | Path | None 
         },
         "image_rows": len(singles),
     }
+    if pairs is not None:
+        manifest["posefix"] = {"root": "posefix", **pairs}
     write_json(root / "world.json", manifest, indent=1)
     seconds["total"] = time.perf_counter() - start
     return WorldSummary(root, manifest, seconds)
