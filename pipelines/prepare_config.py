@@ -18,6 +18,16 @@ from posegpt.storage import StorageConfig
 from posegpt.templates import TemplateConfig
 from posegpt.tracking import TrackingConfig
 
+READER_TASKS: dict[str, tuple[str, ...]] = {
+    "posescript": ("text2pose", "pose2text"),
+    "posefix": ("poseedit", "posediff"),
+}
+"""Tasks a reader can write rows for, where it can write several (the first ones by default)."""
+DEFAULT_READER_TASKS: dict[str, tuple[str, ...]] = {
+    "posescript": ("text2pose",),
+    "posefix": ("poseedit", "posediff"),
+}
+
 READER_NAMES: tuple[str, ...] = (
     "posescript",
     "posefix",
@@ -60,10 +70,17 @@ class SourceConfig:
     folder lacks the ids file) refer to."""
     layout: str = "auto"
     """PoseScript release layout: v2, v1, or auto (v2 when its ids file is there)."""
+    tasks: list[str] = field(default_factory=list)
+    """posescript: text2pose and/or pose2text (describe the pose: same caption pick, human ones first); posefix:
+    poseedit and/or posediff. Empty: text2pose (posescript), both (posefix)."""
     description_types: list[str] = field(default_factory=list)
     """rpe: which person descriptions become rows (behaviour, outfit, pose, shape, summary); empty: all."""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     """image_folder: the person detector (YOLO weights, min score and box size, crop padding; see posegpt.detect)."""
+
+    def reader_tasks(self) -> tuple[str, ...]:
+        """The tasks this source writes rows for (``tasks``, else the reader's default)."""
+        return tuple(self.tasks) or DEFAULT_READER_TASKS.get(self.reader, ())
 
 
 @dataclass
@@ -155,6 +172,11 @@ class PrepareConfig:
                 )
             if src.layout not in ("auto", "v1", "v2"):
                 raise ConfigError(f"sources.{name}.layout must be auto, v1 or v2, got {src.layout!r}")
+            allowed = READER_TASKS.get(src.reader, ())
+            if src.tasks and not set(src.tasks) <= set(allowed):
+                raise ConfigError(
+                    f"sources.{name}.tasks {src.tasks} are not tasks of reader {src.reader} (known: {list(allowed)})"
+                )
             if src.reader in ("posescript", "posefix", "spg") and not src.amass_root:
                 raise ConfigError(
                     f"sources.{name}.amass_root is empty: {src.reader} poses live in AMASS files"

@@ -10,7 +10,8 @@ The release (``posefix_dataset_release``) holds:
   (human), ``posefix_paraphrases_4284.json`` and ``posefix_auto_135305.json`` (machine-written).
 
 A modifier says how to turn pose A into pose B. Every pair gives a ``poseedit`` row (A and the
-modifier in, B out) and a ``posediff`` row (A and B in, the modifier out); ``poses`` is ``[A, B]``
+modifier in, B out) and a ``posediff`` row (A and B in, the modifier out), or one of them
+(``sources.<name>.tasks``); ``poses`` is ``[A, B]``
 in both. Poses are converted as PoseScript's (SMPL-H → SMPL, yaw of the root zeroed, then
 ``Rx(+90°)``), except that in an *in-sequence* pair (A and B from the same AMASS sequence) B gets
 A's yaw correction instead of its own, as PoseFix's loader does, so the turn between them stays.
@@ -143,9 +144,10 @@ def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = 
 
     # Raw frames: the in-sequence correction needs the z-up roots.
     frames = AmassFiles(ctx, source.amass_root, keep=4, convert=False)
+    tasks = source.reader_tasks()
     for split, split_uri, pair_id in listed:
         yield from _pair_items(
-            name, dataset, split, split_uri, pair_id, pairs, ids, texts, frames, ctx, pairs_uri
+            name, dataset, split, split_uri, pair_id, pairs, ids, texts, frames, ctx, pairs_uri, tasks
         )
 
 
@@ -161,6 +163,7 @@ def _pair_items(
     frames: AmassFiles,
     ctx: ReadContext,
     pairs_uri: str,
+    tasks: tuple[str, ...],
 ) -> Iterator[Item]:
     sid = f"{dataset}:{pair_id}"
     if not 0 <= pair_id < len(pairs) or pairs[pair_id] is None:
@@ -220,7 +223,8 @@ def _pair_items(
         index = order[k][0]
         row_id = f"{sid}:{index}" if ctx.all_captions else sid
         meta = {**base, "caption_file": entries[index][2], "caption_index": index}
-        for task, suffix in TASKS.items():
+        for task in tasks:
+            suffix = TASKS[task]
             inputs = [0] if task == "poseedit" else [0, 1]
             yield row_item(
                 name,

@@ -1,4 +1,4 @@
-"""PoseScript (V2 and V1 release layouts) on AMASS → ``text2pose`` items.
+"""PoseScript (V2 and V1 release layouts) on AMASS → ``text2pose`` items (and ``pose2text`` ones on request).
 
 V2: ``ids_2_dataset_sequence_and_frame_index_100k.json``, ``{split}_ids_100k.json``,
 ``posescript_human_6293.json``, ``posescript_auto_100k.json``. V1:
@@ -11,6 +11,8 @@ Label selection: a pose with a human caption gets it (one of them, if several);
 otherwise one automatic caption, picked by ``random.Random`` seeded with the
 config seed and the pose id, so the choice does not depend on reading order.
 With ``all_captions`` every caption becomes its own row (``<dataset>:<id>:<k>``).
+With ``tasks: [text2pose, pose2text]`` each chosen caption also gives a ``pose2text`` row
+(``<row id>:describe``): the pose is the input and the caption the answer.
 """
 
 from __future__ import annotations
@@ -245,16 +247,19 @@ def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = 
             if isinstance(pose, str):
                 yield reject_item(name, dataset, amass_uri, f"pose id {pid}: {pose}", row_id, meta)
                 continue
-            yield row_item(
-                name,
-                row_id,
-                "text2pose",
-                dataset,
-                split,
-                ids_uri,
-                poses=[as_floats(pose)],
-                text=text,
-                caption=" ".join(text.split()),
-                label_source=label,
-                meta=meta,
-            )
+            for task in source.reader_tasks():
+                # pose2text rows describe the same pose with the same caption: the pose is the input.
+                describe = task == "pose2text"
+                yield row_item(
+                    name,
+                    f"{row_id}:describe" if describe else row_id,
+                    task,
+                    dataset,
+                    split,
+                    ids_uri,
+                    poses=[as_floats(pose)],
+                    text=text,
+                    caption=" ".join(text.split()),
+                    label_source=label,
+                    meta={**meta, "pose_inputs": [0]} if describe else meta,
+                )

@@ -138,3 +138,18 @@ def test_parts_partition_the_source(raw) -> None:
 def test_all_captions_makes_a_row_per_modifier(raw) -> None:
     rows = {i["sample_id"] for i in items(raw["root"], all_captions=True) if "reject" not in i}
     assert {"posefix:0:0:edit", "posefix:0:1:edit", "posefix:8:2:diff"} <= rows
+
+
+def test_tasks_pick_the_rows_and_are_checked_against_the_reader(raw) -> None:
+    from pipelines.prepare_config import PrepareConfig
+    from posegpt.config import ConfigError
+
+    ctx = ReadContext(str(raw["root"]), seed=0)
+    source = SourceConfig(reader="posefix", path="posefix", amass_root="amass", tasks=["posediff"])
+    rows = [i for i in read("pf", source, ctx) if "reject" not in i]
+    assert rows and {i["task"] for i in rows} == {"posediff"}
+    bad = PrepareConfig(
+        raw_root=str(raw["root"]), sources={"pf": SourceConfig(**{**source.__dict__, "tasks": ["text2pose"]})}
+    )
+    with pytest.raises(ConfigError, match="not tasks of reader posefix"):
+        bad.validate()

@@ -111,3 +111,29 @@ def test_missing_ids_file_is_one_reject(tmp_path) -> None:
     (tmp_path / "posescript").mkdir()
     out = items(tmp_path)
     assert len(out) == 1 and "neither" in out[0]["reject"]
+
+
+def test_pose2text_rows_describe_the_same_pose_with_the_same_caption(raw) -> None:
+    from pipelines.transforms import TransformSettings, transform_item
+
+    ctx = ReadContext(str(raw["root"]), seed=0)
+    source = SourceConfig(
+        reader="posescript",
+        path="posescript",
+        amass_root="amass",
+        dataset="posescript",
+        tasks=["text2pose", "pose2text"],
+    )
+    out = [i for i in read("ps", source, ctx) if "reject" not in i]
+    plain = {i["sample_id"]: i for i in items(raw["root"]) if "reject" not in i}
+    text = {i["sample_id"]: i for i in out if i["task"] == "text2pose"}
+    described = {i["sample_id"]: i for i in out if i["task"] == "pose2text"}
+    assert set(text) == set(plain) and set(described) == {f"{s}:describe" for s in plain}
+    for sid, row in plain.items():
+        twin = described[f"{sid}:describe"]
+        assert twin["caption"] == row["caption"] and twin["poses"] == row["poses"]
+        assert twin["label_source"] == row["label_source"] and twin["meta"]["pose_inputs"] == [0]
+        (record,) = transform_item(twin, TransformSettings())
+        assert record["_reason"] is None
+        assert record["conversation"][0]["content"].count("<POSE_IN>") == 1
+        assert record["conversation"][1]["content"] == row["caption"]
