@@ -4,7 +4,9 @@ Pairs join two PoseScript pose ids of one split: *in-sequence* pairs take both f
 sequence (as PoseFix's in-sequence pairs), the others from two sequences. The modifier,
 "how to turn pose A into pose B", is written from the difference of the two poses'
 measurements (``captioner.posecodes``): knee and elbow bends, hand heights, torso incline,
-feet and hands apart, whole-body posture, largest change first. A ``human`` share of the
+feet and hands apart, whole-body posture, largest change first. Only pairs with such a
+difference are kept (measured on the medium world: a third of random pairs, most of them
+in-sequence, had none), so about a fifth of the pairs end up in-sequence. A ``human`` share of the
 pairs also gets a looser, second-person wording, as the human PoseFix texts read.
 
 Written under ``posefix/`` with the release's names (``pipelines.sources.posefix`` reads them):
@@ -14,6 +16,7 @@ the ids file (PoseScript's mapping), ``pair_id_2_pose_ids.json``, ``{split}_{in,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +62,10 @@ _TORSO = {
 }
 
 
-def make_pairs(cfg: SynthConfig, records: list[PoseRecord]) -> list[tuple[int, int]]:
-    """``cfg.pose_pairs`` distinct (pose A id, pose B id), A ≠ B, both of one split."""
+def make_pairs(
+    cfg: SynthConfig, records: list[PoseRecord], accept: Callable[[int, int], bool] = lambda a, b: True
+) -> list[tuple[int, int]]:
+    """Up to ``cfg.pose_pairs`` distinct (pose A id, pose B id), A ≠ B, both of one split, that ``accept``."""
     rng = np.random.default_rng([cfg.seed, STREAM_PAIRS])
     by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
     for r in records:
@@ -79,7 +84,7 @@ def make_pairs(cfg: SynthConfig, records: list[PoseRecord]) -> list[tuple[int, i
         if not pool:
             continue
         pair = (a.pose_id, int(pool[int(rng.integers(len(pool)))]))
-        if pair not in seen:
+        if pair not in seen and accept(*pair):
             seen.add(pair)
             pairs.append(pair)
     return pairs
@@ -147,11 +152,12 @@ def write_modifier(
 def write_posefix(
     folder: Path, cfg: SynthConfig, records: list[PoseRecord], body: BodyModel
 ) -> dict[str, int]:
-    """Write the pairs and their modifiers; counts for the world manifest."""
-    pairs = make_pairs(cfg, records)
-    used = sorted({p for pair in pairs for p in pair})
-    joints = canonical_joints(body, np.stack([records[p].canonical for p in used])) if used else []
-    codes = {p: captioner.posecodes(jt) for p, jt in zip(used, joints, strict=True)}
+    """Write the pairs and their modifiers; counts for the world manifest (fewer pairs than asked when
+    the world holds too few pairs of poses that differ)."""
+    joints = canonical_joints(body, np.stack([r.canonical for r in records])) if records else []
+    codes = [captioner.posecodes(jt) for jt in joints]
+    # Pairs whose measurements differ: an edit the modifier can name (close frames of one sequence often do not).
+    pairs = make_pairs(cfg, records, lambda a, b: bool(modifier_clauses(codes[a], codes[b])))
     pick = np.random.default_rng([cfg.seed, STREAM_MODIFIERS])
     human: dict[str, str] = {}
     auto: dict[str, list[str]] = {}

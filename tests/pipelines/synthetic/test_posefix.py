@@ -13,7 +13,7 @@ from pipelines.prepare import prepare
 from pipelines.prepare_config import PrepareConfig
 from pipelines.synthetic import captioner
 from pipelines.synthetic.config import SynthConfig
-from pipelines.synthetic.posefix import modifier_clauses
+from pipelines.synthetic.posefix import _UNCHANGED, modifier_clauses
 from pipelines.synthetic.world import write_world
 from posegpt.body import default_body_model
 from posegpt.config import load_config
@@ -80,6 +80,8 @@ def test_world_writes_pairs_in_the_release_layout(pair_world: Path) -> None:
                 assert (ids[str(a)][1] == ids[str(b)][1]) == (kind == "in")
     auto = json.loads((folder / "posefix_auto_135305.json").read_text())
     assert set(auto) == {str(k) for k in range(len(pairs))} and all(len(v) == 2 for v in auto.values())
+    # Only pairs with a measured difference are kept: no modifier says "keep the pose".
+    assert not any(text in _UNCHANGED for v in auto.values() for text in v)
 
 
 def test_prepare_writes_poseedit_and_posediff_rows(pair_world: Path, tmp_path: Path) -> None:
