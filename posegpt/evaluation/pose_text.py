@@ -1,5 +1,9 @@
 """Metrics of the pose-input tasks: ``pose2text`` captions, ``poseedit`` poses, ``posediff`` pair retrieval.
 
+``pose2text``'s R^P2T needs nothing new: ``TextPoseRetrieval.recalls(generated captions, input
+poses).pose_to_text`` over the test split, next to the same call with the reference captions
+(the ceiling) and ``posegpt.retrieval.chance_recall``.
+
 - Captions (``pose2text``, and the modifier texts of ``posediff``): corpus BLEU-1 and BLEU-4
   (``nltk.translate.bleu_score.corpus_bleu``, smoothing method 1 so a small test set without a
   matching 4-gram does not read as exactly 0) on lower-cased word / punctuation tokens, and the
