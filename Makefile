@@ -68,6 +68,6 @@ docs: install
 	$(PY) -m posegpt.training.preset_table --write docs/training.md
 
 # Remake the tiny pose encoder's shipped weights and provenance (posegpt/vision/weights/), about
-# 40 minutes on 2 cores: renders its own synthetic world (seed 1), then trains.
+# 30 minutes on 2 cores: renders its own synthetic world (seed 1), then trains for 20 minutes.
 pose-encoder: install
 	$(PY) jobs/pretrain_pose_encoder.py --config configs/pose_encoder/tiny.yaml

@@ -83,6 +83,17 @@ class DemoError(RuntimeError):
     """A step failed; the message names it and the command to rerun it alone."""
 
 
+DEMO_TEXT_QUERIES: tuple[str, ...] = (
+    "Show me a person sitting on the floor.",
+    "Generate the pose of someone raising both arms above the head.",
+    "What does a person proposing on one knee look like? Give the SMPL pose.",
+    "Show me a person walking forward.",
+    "Give me the pose of a person squatting low.",
+    "Someone is reaching forward with the right hand. Show the pose.",
+)
+"""Free-form pose requests the demo sends the service (tests/posegpt/training/test_pose_answer_rate.py asks them too)."""
+
+
 def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -376,14 +387,7 @@ def serve_and_query(cfg: DemoConfig, paths: Paths, checkpoint: str) -> dict[str,
     url = f"http://127.0.0.1:{port}"
     try:
         deploy(config, host="127.0.0.1", port=port, timeout_s=300)
-        texts = [
-            "Show me a person sitting on the floor.",
-            "Generate the pose of someone raising both arms above the head.",
-            "What does a person proposing on one knee look like? Give the SMPL pose.",
-            "Show me a person walking forward.",
-            "Give me the pose of a person squatting low.",
-            "Someone is reaching forward with the right hand. Show the pose.",
-        ]
+        texts = list(DEMO_TEXT_QUERIES)
         scene, people = _scene_image(paths)
         image = base64.b64encode(scene.read_bytes()).decode()
         queries: list[dict[str, Any]] = [{"text": t} for t in texts]

@@ -73,13 +73,15 @@ class ResidualStage(nn.Module):
 
 
 class TinyPoseCNN(nn.Module):
-    """A small ResNet: stem, stride-2 stages, and a pooled global feature.
+    """A small ResNet: stem, stride-2 stages, and a global feature read from the whole grid.
 
-    ``forward`` gives the last stage's grid (B, C, h, w) and the global feature (B, C);
-    pretraining regresses the pose from the global feature with a linear layer.
+    ``forward`` gives the last stage's grid (B, C, h, w) and the global feature (B, C); the
+    global feature is a linear map of the *flattened* grid, not its average: an average of a
+    convolutional grid forgets where each limb is, which is what a pose is. Pretraining
+    regresses the pose from the global feature with a linear layer.
     """
 
-    def __init__(self, widths: Sequence[int], stem_stride: int = 1) -> None:
+    def __init__(self, widths: Sequence[int], stem_stride: int, grid: tuple[int, int]) -> None:
         super().__init__()
         widths = list(widths)
         self.stem = nn.Sequential(
@@ -87,13 +89,13 @@ class TinyPoseCNN(nn.Module):
         )
         self.stages = nn.ModuleList(ResidualStage(a, b) for a, b in itertools.pairwise(widths))
         self.width = widths[-1]
-        self.global_fc = nn.Linear(self.width, self.width)
+        self.global_fc = nn.Linear(self.width * grid[0] * grid[1], self.width)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.stem(x))
         for stage in self.stages:
             x = stage(x)
-        return x, F.relu(self.global_fc(x.mean(dim=(2, 3))))
+        return x, F.relu(self.global_fc(x.flatten(1)))
 
 
 # -- HMR 2.0's ViT ---------------------------------------------------------------------------
@@ -249,9 +251,9 @@ class PoseEncoder(nn.Module):
         cfg.validate()
         self.cfg = cfg
         if cfg.kind == "tiny_cnn":
-            self.net: nn.Module = TinyPoseCNN(cfg.cnn.widths, cfg.cnn.stem_stride)
             stride = cfg.cnn.stem_stride * 2 ** (len(cfg.cnn.widths) - 1)
             grid = (cfg.input_height // stride, cfg.input_width // stride)
+            self.net: nn.Module = TinyPoseCNN(cfg.cnn.widths, cfg.cnn.stem_stride, grid)
         elif cfg.kind == "hmr2_vit":
             v = cfg.vit
             self.net = Hmr2Vit(

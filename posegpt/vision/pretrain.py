@@ -2,8 +2,8 @@
 
 The encoder's global feature feeds a linear layer to 24 × 6D (bias: the training
 mean pose); the loss is the L1 between rotation matrices plus the L1 between the
-pelvis-relative joints of the body model (joints are what PA-MPJPE scores; the
-rotation term alone gives leaf joints no signal). Crops are stored slightly wider
+joints of the articulation (root rotation removed: joints are what PA-MPJPE scores,
+and the rotation term alone gives leaf joints no signal). Crops are stored slightly wider
 than the model crop (``context``) so that every step can take a jittered window,
 the way a detector's box wanders around the true one.
 
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posegpt.body.skeleton import NUM_JOINTS
 from posegpt.geometry import axis_angle_to_rot6d, axis_angle_to_rotmat, rot6d_to_rotmat
 from posegpt.metrics import pa_mpjpe
-from posegpt.skeleton import NUM_JOINTS
 from posegpt.vision.config import IMAGENET_MEAN, IMAGENET_STD, PoseEncoderConfig
 from posegpt.vision.pose_encoder import PoseEncoder
 
@@ -194,6 +194,7 @@ def pretrain(
     order = torch.randperm(n, generator=generator)
     cursor = 0
     warmup = 200
+    last_mark = (0, 0.0)
     while step < planned:
         if cursor + cfg.batch_size > n:
             order, cursor = torch.randperm(n, generator=generator), 0
@@ -208,10 +209,12 @@ def pretrain(
         pred = model(x)
         target = axis_angle_to_rotmat(target_pose.view(-1, NUM_JOINTS, 3))
         rot_loss = (pred - target).abs().mean()
-        joints = _joints_from_rotmats(body, pred)
+        # Joints of the articulation alone (root rotation set to the identity on both sides): what
+        # PA-MPJPE scores, free of the camera-frame facing that dominates camera-frame joints.
+        joints = _joints_from_rotmats(body, _without_root(pred))
         with torch.no_grad():
-            gt_joints = body.joints(target_pose)
-        joint_loss = ((joints - joints[:, :1]) - (gt_joints - gt_joints[:, :1])).abs().mean()
+            gt_joints = _joints_from_rotmats(body, _without_root(target))
+        joint_loss = (joints - gt_joints).abs().mean()
         loss = rot_loss + cfg.joint_weight * joint_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,22 +222,26 @@ def pretrain(
         optimizer.step()
         step += 1
         elapsed = time.perf_counter() - start
-        if step == 50:
-            # Lay the cosine schedule over the steps the time budget allows.
-            planned = min(cfg.max_steps, max(100, int(budget / (elapsed / step))))
-            log(f"step 50: {elapsed / step:.3f} s/step, planning {planned} steps")
+        if step % 50 == 0 and step < planned:
+            # Lay the cosine schedule over the steps the time budget allows, re-measured as the
+            # machine's load changes (the speed of the last 50 steps), and stop when it is spent.
+            recent = (elapsed - last_mark[1]) / (step - last_mark[0])
+            last_mark = (step, elapsed)
+            planned = min(cfg.max_steps, max(step + 1, step + int((budget - elapsed) / recent)))
+            if step % 500 == 0 or step == 50:
+                log(f"step {step}: {recent:.3f} s/step, planning {planned} steps")
         if step % cfg.eval_every == 0 or step == planned:
             val_pa = evaluate(model, body, val_crops, val_poses, cfg)
             point = {
                 "step": float(step),
                 "seconds": elapsed,
-                "loss": float(loss),
+                "loss": loss.item(),
                 "val_pa_mpjpe_mm": val_pa,
                 "val_pa_mpjpe_vs_mean_pose": val_pa / mean_pa,
             }
             curve.append(point)
             log(
-                f"step {step}/{planned} {elapsed:.0f}s loss {float(loss):.4f} "
+                f"step {step}/{planned} {elapsed:.0f}s loss {loss.item():.4f} "
                 f"val PA-MPJPE {val_pa:.1f} mm = {val_pa / mean_pa:.3f}x mean pose"
             )
     final = curve[-1]["val_pa_mpjpe_mm"] if curve else evaluate(model, body, val_crops, val_poses, cfg)
@@ -252,9 +259,14 @@ def pretrain(
     return PretrainResult(state, metrics, curve)
 
 
+def _without_root(rotmats: Tensor) -> Tensor:
+    eye = torch.eye(3, dtype=rotmats.dtype).expand(rotmats.shape[0], 1, 3, 3)
+    return torch.cat([eye, rotmats[:, 1:]], dim=1)
+
+
 def _joints_from_rotmats(body: Any, rotmats: Tensor) -> Tensor:
     """(B, 24, 3) joints of betas 0 by forward kinematics on rotation matrices (differentiable everywhere)."""
-    from posegpt.skeleton import PARENTS
+    from posegpt.body.skeleton import PARENTS
 
     rest = body.j_template.to(rotmats.dtype)
     world_rot: list[Tensor] = []

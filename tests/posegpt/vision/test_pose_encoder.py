@@ -140,7 +140,7 @@ def test_shipped_tiny_encoder_matches_its_provenance() -> None:
     weights = REPO / enc_cfg.weights
     provenance = json.loads(weights.with_suffix(weights.suffix + ".json").read_text())
     assert provenance["sha256"] == file_sha256(weights)
-    assert provenance["bytes"] == weights.stat().st_size < 8 * 2**20
+    assert provenance["bytes"] == weights.stat().st_size < 10 * 2**20  # small enough to ship in git
     assert provenance["job"] == "jobs/pretrain_pose_encoder.py"
     # The recorded config is the preset `make pose-encoder` runs, so remaking gives the same recipe.
     preset = load_config(PoseEncoderPretrainConfig, REPO / "configs" / "pose_encoder" / "tiny.yaml")
