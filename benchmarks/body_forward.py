@@ -30,7 +30,7 @@ sys.path.insert(0, {repo!r})
 import torch
 torch.set_num_threads({threads})
 t0 = time.perf_counter()
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
 t1 = time.perf_counter()
 BodyModel(cache_dir={cache!r})
 t2 = time.perf_counter()
@@ -69,7 +69,7 @@ def main() -> None:
 
     import torch
 
-    from posegpt.body import BodyModel
+    from posegpt.body.model import BodyModel
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="body-bench-") as cache:
@@ -100,7 +100,7 @@ def main() -> None:
     print(f"{'first BodyModel() in a new process':<40}{'seconds':>9}  target")
     print(f"{'clean cache (generates the body)':<40}{cold:>9.3f}  < 5")
     print(f"{'warm cache (loads the file)':<40}{warm:>9.3f}  < 0.5")
-    print(f"(import of posegpt.body before that: {imp_cold:.2f} s / {imp_warm:.2f} s)")
+    print(f"(import of posegpt.body.model before that: {imp_cold:.2f} s / {imp_warm:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safetensors.torch import load_file
 
-    from posegpt.body import default_body_model
+    from posegpt.body.model import default_body_model
     from posegpt.config import load_config
     from posegpt.geometry import axis_angle_to_rot6d, rot6d_to_axis_angle
     from posegpt.model.config import PoseGPTModelConfig

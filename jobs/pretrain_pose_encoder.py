@@ -5,7 +5,7 @@
 
 Renders ``train_images + val_images`` single-person images with the synthetic
 world's renderer (seed ``world_seed``, never the demo's world), crops every person
-as the prepare job does (``posegpt.crops.crop_box`` around the dataset box), trains
+as the prepare job does (``posegpt.data.crops.crop_box`` around the dataset box), trains
 ``posegpt.vision.pretrain`` and writes the weights to ``out`` and the provenance
 (job, config, world seed, metrics, validation curve, sha256) to ``out`` + ``.json``.
 """
@@ -34,7 +34,7 @@ def render_crops(cfg, cache_dir: Path):  # type: ignore[no-untyped-def]
 
     from pipelines.synthetic import SynthConfig
     from pipelines.synthetic.images import ImageTask, render_all
-    from posegpt.crops import crop_box
+    from posegpt.data.crops import crop_box
 
     work = Path(cfg.work_dir)
     side = round(max(cfg.encoder.input_height, cfg.encoder.input_width) * cfg.context)
@@ -106,7 +106,7 @@ def replay_meta(world, task, cache_dir: Path) -> dict:  # type: ignore[no-untype
         sample_person,
         spin_scale,
     )
-    from posegpt.body import default_body_model
+    from posegpt.body.model import default_body_model
 
     global _BODY
     if _BODY is None:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from safetensors.torch import save_file
 
-    from posegpt.body import default_body_model
+    from posegpt.body.model import default_body_model
     from posegpt.config import load_config, to_dict
     from posegpt.vision.pose_encoder import file_sha256
     from posegpt.vision.pretrain import PoseEncoderPretrainConfig, pretrain

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import numpy as np
 
-    from posegpt.body import BodyModel
+    from posegpt.body.model import BodyModel
     from posegpt.evaluation.synthetic_joints import body_h36m_regressor, spin_joints_npz
 
     folder = Path(args.spin)

@@ -46,7 +46,7 @@ from pipelines.transforms import (
 )
 from pipelines.writer import ShardSink, prepare_output
 from posegpt.config import to_dict
-from posegpt.schema import SCHEMA_VERSION
+from posegpt.data.schema import SCHEMA_VERSION
 from posegpt.storage import check_reachable, is_s3
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,9 +55,9 @@ CODE_FILES: tuple[str, ...] = (
     "pipelines/prepare_config.py",
     "pipelines/transforms.py",
     "pipelines/writer.py",
-    "posegpt/schema.py",
-    "posegpt/templates.py",
-    "posegpt/crops.py",
+    "posegpt/data/schema.py",
+    "posegpt/data/templates.py",
+    "posegpt/data/crops.py",
     "posegpt/geometry.py",
 )
 """Files whose content defines the rows (with ``pipelines/sources/*.py``): their digest is the code version."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from posegpt.config import ConfigError
-from posegpt.crops import ImageLimits
+from posegpt.data.crops import ImageLimits
+from posegpt.data.schema import SPLITS
+from posegpt.data.templates import TemplateConfig
 from posegpt.detect import DetectorConfig
-from posegpt.schema import SPLITS
 from posegpt.storage import StorageConfig
-from posegpt.templates import TemplateConfig
 from posegpt.tracking import TrackingConfig
 
 READER_TASKS: dict[str, tuple[str, ...]] = {
@@ -110,7 +110,7 @@ class PrepareConfig:
     all_captions: bool = False
     """PoseScript: one row per caption instead of one per pose (human caption, else a seeded automatic one)."""
     templates: TemplateConfig = field(default_factory=TemplateConfig)
-    """Question/answer phrasings: the preset and how many variants per training sample (posegpt.templates)."""
+    """Question/answer phrasings: the preset and how many variants per training sample (posegpt.data.templates)."""
     max_reject_fraction: float = 0.1
     """The job fails (exit 1) when rejected / read exceeds this, after writing everything."""
     engine: str = "ray"

@@ -23,10 +23,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.sources.items import Item
-from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
-from posegpt.schema import QA_COLUMNS, QA_SCHEMA, validate_row
+from posegpt.data.crops import ImageLimits, crop_box, decode_image, encode_jpeg
+from posegpt.data.schema import QA_COLUMNS, QA_SCHEMA, validate_row
+from posegpt.data.templates import TemplateConfig, expand_variants
 from posegpt.storage import StorageConfig, arrow_filesystem, is_s3, read_object
-from posegpt.templates import TemplateConfig, expand_variants
 
 INPUT_COLUMN = "_input"
 REASON_COLUMN = "_reason"
@@ -159,7 +159,7 @@ def transform_item(
     """The output records of one item (QA and reject columns): its rows, or one reject (``_reason`` set).
 
     A templated item becomes ``settings.templates.variants`` rows in the variant splits (ids
-    ``<sample id>:<v>``, ``posegpt.templates.expand_variants``), else one; ``_variant`` numbers them.
+    ``<sample id>:<v>``, ``posegpt.data.templates.expand_variants``), else one; ``_variant`` numbers them.
     ``image_data``: the image's bytes when the reader carried them (else they are read from its URI).
     """
     if "reject" in item:

@@ -41,7 +41,7 @@ from pipelines.transforms import (
     SEQ_COLUMN,
     VARIANT_COLUMN,
 )
-from posegpt.schema import QA_SCHEMA, REJECT_SCHEMA, TASKS
+from posegpt.data.schema import QA_SCHEMA, REJECT_SCHEMA, TASKS
 from posegpt.storage import StorageConfig, arrow_filesystem, is_s3
 
 MANIFEST_FILE = "manifest.json"

@@ -3,7 +3,7 @@
 The model answers best on tight person crops (it is trained on them), so whole
 photos go through a detector first: ``PersonDetector`` returns the person boxes
 of a batch of images, and ``detect_and_crop`` turns them into crops with
-``posegpt.crops.crop_box``, the function the prepare job uses, so that training
+``posegpt.data.crops.crop_box``, the function the prepare job uses, so that training
 and inference see the same kind of input.
 
 Ultralytics is kept offline and inside the project: its settings file lives in
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from posegpt.config import to_dict
-from posegpt.crops import crop_box
+from posegpt.data.crops import crop_box
 from posegpt.tracking import TrackingConfig
 
 PERSON = "person"

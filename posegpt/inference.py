@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.geometry import rotmat_to_axis_angle
 from posegpt.model.conversation import encode, normalize_messages, render
 from posegpt.model.posegpt_model import PoseGPTModel
 from posegpt.model.vision_input import ImageInput, decode_image, image_inputs
 from posegpt.runtime import DEFAULT_CACHE_DIR
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.storage import StorageConfig
 
 FinishReason = Literal["eos", "stop", "length"]
@@ -123,8 +123,8 @@ class Generation:
 def resolve_checkpoint(
     uri: str | Path, *, cache_dir: str | Path = DEFAULT_CACHE_DIR, tracking_uri: str | None = None
 ) -> str:
-    """A local path or ``s3://`` URI for ``uri``; a ``models:/`` URI is fetched from MLflow (``posegpt.model_registry``)."""
-    from posegpt.model_registry import fetch_model_checkpoint, is_model_uri
+    """A local path or ``s3://`` URI for ``uri``; a ``models:/`` URI is fetched from MLflow (``posegpt.tracking.registry``)."""
+    from posegpt.tracking.registry import fetch_model_checkpoint, is_model_uri
 
     text = str(uri)
     return fetch_model_checkpoint(text, tracking_uri, cache_dir) if is_model_uri(text) else text
@@ -177,7 +177,7 @@ class PoseGPT:
     def body(self) -> Any:
         """The body model turning poses into joints and vertices (the bundled default unless given)."""
         if self._body is None:
-            from posegpt.body import default_body_model
+            from posegpt.body.model import default_body_model
 
             self._body = default_body_model(self.cache_dir)
         return self._body

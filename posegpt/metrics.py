@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.geometry import axis_angle_to_rotmat, geodesic_angle, procrustes_align
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 
 if TYPE_CHECKING:
-    from posegpt.body import BodyModel
+    from posegpt.body.model import BodyModel
 
 MM_PER_M = 1000.0
 
@@ -171,7 +171,7 @@ def pose_errors(
     ``body`` defaults to the shared procedural body (``default_body_model()``).
     """
     if body is None:
-        from posegpt.body import default_body_model
+        from posegpt.body.model import default_body_model
 
         body = default_body_model()
     p, g = _tensor(pred_poses, "pred_poses"), _tensor(gt_poses, "gt_poses")

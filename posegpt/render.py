@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from posegpt.skeleton import JOINT_NAMES
+from posegpt.body.skeleton import JOINT_NAMES
 
 # Candidate (face, pixel) pairs handled at once; bounds memory when faces are large.
 _MAX_CANDIDATES = 2_000_000

@@ -29,10 +29,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.config import from_dict, to_dict
 from posegpt.geometry import axis_angle_to_rot6d
 from posegpt.retrieval_text import SENTENCE_ENCODER_NAME, SentenceEncoder, TextFeatureCache
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 
 WEIGHTS_FILE = "retrieval.safetensors"
 META_FILE = "retrieval.yaml"

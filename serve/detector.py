@@ -44,7 +44,7 @@ class PersonDetectorDeployment:
         return await asyncio.to_thread(self._people, image, where, request_id)
 
     def _people(self, image: bytes, where: str, request_id: str) -> dict[str, Any]:
-        from posegpt.crops import ImageError, decode_image, encode_jpeg
+        from posegpt.data.crops import ImageError, decode_image, encode_jpeg
         from posegpt.detect import detect_and_crop
 
         try:

@@ -20,7 +20,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from posegpt import crops
+from posegpt.data import crops
 from serve.errors import CLOSE, asgi_error
 from serve.settings import LimitsConfig
 
@@ -165,7 +165,7 @@ _SERVE_LIMIT = {
 
 
 def image_header(raw: bytes, where: str, limits: LimitsConfig) -> crops.ImageInfo:
-    """Format and size from the image header alone (``posegpt.crops.image_info``), checked against
+    """Format and size from the image header alone (``posegpt.data.crops.image_info``), checked against
     ``limits``; no pixel is decoded. Refusals name the service's limit; decoder internals go to
     ``detail`` (logged, not sent).
     """

@@ -159,7 +159,7 @@ class PoseModel:
         setup_environment(cfg.cache_dir)
         import torch
 
-        from posegpt.body import BodyModel
+        from posegpt.body.model import BodyModel
         from posegpt.inference import PoseGPT
 
         torch.set_num_threads(cfg.torch_threads)
@@ -227,7 +227,7 @@ class PoseModel:
 
     async def body_topology(self) -> dict[str, Any]:
         """Faces, per-vertex body parts and part colours: the same for every mesh of this body model."""
-        from posegpt.body import vertex_part_labels
+        from posegpt.body.model import vertex_part_labels
         from posegpt.render import PART_COLORS, part_face_colors
 
         faces = np.asarray(self.body.faces, np.int32)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from posegpt.config import ConfigError, load_config
-from posegpt.crops import ImageLimits
+from posegpt.data.crops import ImageLimits
 from posegpt.detect import DetectorConfig
 from posegpt.runtime import DEFAULT_CACHE_DIR, REPO_ROOT
 from posegpt.storage import StorageConfig, is_s3
@@ -86,7 +86,7 @@ class LimitsConfig:
             )
 
     def image_limits(self) -> ImageLimits:
-        """These limits as the project's one image-limit type (``posegpt.crops.ImageLimits``)."""
+        """These limits as the project's one image-limit type (``posegpt.data.crops.ImageLimits``)."""
         return ImageLimits(
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from pipelines.sources.inputs import RawFileError, ReadContext, resolve
+from posegpt.body.skeleton import AMASS_BODY_JOINTS, POSE_DIM
 from posegpt.geometry import zup_root_to_camera_frame
-from posegpt.skeleton import AMASS_BODY_JOINTS, POSE_DIM
 
 AMASS_ALIASES: dict[str, str] = {
     "BioMotionLab_NTroje": "BMLrub",

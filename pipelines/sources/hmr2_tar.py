@@ -40,7 +40,7 @@ from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext, dataset_name
 from pipelines.sources.items import Item, as_floats, reject_item, row_item
 from pipelines.sources.safe_pickle import UnsafePickleError, restricted_loads
-from posegpt.skeleton import NUM_BETAS, POSE_DIM
+from posegpt.body.skeleton import NUM_BETAS, POSE_DIM
 from posegpt.storage import arrow_filesystem
 
 BOX_UNIT = 200.0

@@ -3,7 +3,7 @@
 Every ``.jpg``/``.jpeg``/``.png`` under ``path`` (recursively, in name order) goes
 through the person detector of ``sources.<name>.detector`` (``posegpt.detect``),
 in batches. Each person found becomes a work item whose image is a crop around
-the detected box (cropped by the transform with ``posegpt.crops.crop_box``, like
+the detected box (cropped by the transform with ``posegpt.data.crops.crop_box``, like
 every other crop) and whose conversation is one user turn asking for the pose:
 a query row for prediction, with no answer and no pose. ``meta`` keeps the
 image, the box, its score and the detector. An image in which nobody is found
@@ -30,10 +30,10 @@ import pyarrow.fs as pafs
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext, dataset_name
 from pipelines.sources.items import Item, in_part, owns_shared, reject_item, row_item
-from posegpt.crops import ImageError, ImageLimits, decode_image
+from posegpt.data.crops import ImageError, ImageLimits, decode_image
+from posegpt.data.templates import expand
 from posegpt.detect import DetectorConfig, PersonDetector
 from posegpt.storage import arrow_filesystem
-from posegpt.templates import expand
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 """Files read as images (case-insensitive)."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
 from pipelines.sources.items import Item, in_part, owns_shared, reject_item, row_item
-from posegpt.templates import vqa_conversation
+from posegpt.data.templates import vqa_conversation
 
 
 def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = None) -> Iterator[Item]:

@@ -35,8 +35,8 @@ from pipelines.sources.amass import AmassFiles, smplh_to_smpl
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
 from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
 from pipelines.sources.posescript import V2, choose_captions, read_captions, read_ids
+from posegpt.body.skeleton import AMASS_BODY_JOINTS
 from posegpt.geometry import axis_angle_to_rotmat, rot_x, rot_z, rotmat_to_axis_angle, yaw_zyx
-from posegpt.skeleton import AMASS_BODY_JOINTS
 
 PAIRS_FILE = "pair_id_2_pose_ids.json"
 SPLIT_FILES = ("{split}_in_sequence_pair_ids.json", "{split}_out_sequence_pair_ids.json")

@@ -29,7 +29,7 @@ from pipelines.prepare_config import SourceConfig
 from pipelines.sources.amass import AmassFiles
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
 from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
-from posegpt.templates import stable_hash
+from posegpt.data.templates import stable_hash
 
 
 @dataclass(frozen=True)

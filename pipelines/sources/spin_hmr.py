@@ -27,7 +27,7 @@ import numpy as np
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name, npz_length, resolve
 from pipelines.sources.items import Item, as_floats, reject_item, row_item
-from posegpt.skeleton import NUM_BETAS, POSE_DIM
+from posegpt.body.skeleton import NUM_BETAS, POSE_DIM
 
 SPIN_BOX_UNIT = 200.0
 """SPIN's ``scale`` is the box side in units of 200 pixels."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from posegpt.body.skeleton import JOINT_INDEX
 from posegpt.render import face_parts
-from posegpt.skeleton import JOINT_INDEX
 
 J = JOINT_INDEX
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posegpt.skeleton import JOINT_INDEX
+from posegpt.body.skeleton import JOINT_INDEX
 
 J = JOINT_INDEX
 SIDES = ("left", "right")

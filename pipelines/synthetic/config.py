@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from posegpt.body import BodyConfig
+from posegpt.body.model import BodyConfig
 from posegpt.config import ConfigError
 from posegpt.storage import StorageConfig
 

@@ -38,8 +38,8 @@ from pipelines.synthetic.scenes import (
 )
 from pipelines.synthetic.threads import single_thread
 from pipelines.synthetic.writers import rounded, write_jpeg, write_json, write_npz
-from posegpt.body import BodyModel, default_body_model
-from posegpt.skeleton import NUM_BETAS, POSE_DIM
+from posegpt.body.model import BodyModel, default_body_model
+from posegpt.body.skeleton import NUM_BETAS, POSE_DIM
 
 STREAM_IMAGES, STREAM_SCENES, STREAM_IMAGE_PLAN = 11, 12, 13
 SINGLE_SIDE_TINT = 0.25

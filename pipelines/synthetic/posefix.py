@@ -25,7 +25,7 @@ from pipelines.synthetic import captioner
 from pipelines.synthetic.config import SynthConfig
 from pipelines.synthetic.posescript import SPLITS, PoseRecord, canonical_joints
 from pipelines.synthetic.writers import write_json
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
 
 STREAM_PAIRS, STREAM_MODIFIERS = 40, 41
 BEND_DEGREES = 25.0

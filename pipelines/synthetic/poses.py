@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from posegpt.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
+from posegpt.body.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
 
 J = JOINT_INDEX
 

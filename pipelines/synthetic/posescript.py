@@ -32,7 +32,7 @@ from pipelines.synthetic.poses import (
 )
 from pipelines.synthetic.threads import single_thread
 from pipelines.synthetic.writers import write_json, write_npz
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
 
 AMASS_RENAMES: dict[str, str] = {
     "BioMotionLab_NTroje": "BMLrub",

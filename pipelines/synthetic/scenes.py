@@ -19,9 +19,9 @@ from pipelines.synthetic.appearance import BodyPaint, Outfit, random_outfit
 from pipelines.synthetic.captioner import Posecodes, posecodes
 from pipelines.synthetic.poses import ACTIVITIES, Activity, sample_activity_pose, to_camera
 from pipelines.synthetic.threads import single_thread
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
+from posegpt.body.skeleton import NUM_BETAS
 from posegpt.render import rasterize
-from posegpt.skeleton import NUM_BETAS
 
 FOCAL_FACTOR = 1.5
 """Focal length in units of the image size (a field of view of about 37°)."""

@@ -12,7 +12,7 @@ import numpy as np
 from pipelines.synthetic import images, instructions, posefix, posescript
 from pipelines.synthetic.config import SynthConfig
 from pipelines.synthetic.writers import write_json
-from posegpt.body import BodyModel, default_body_model
+from posegpt.body.model import BodyModel, default_body_model
 from posegpt.config import to_dict
 
 WORLD_FORMAT_VERSION = 1

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.geometry import axis_angle_to_rotmat, rotmat_to_axis_angle
 from posegpt.retrieval import TextPoseRetrieval
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 
 
 def project_to_rotation(m: np.ndarray) -> np.ndarray:

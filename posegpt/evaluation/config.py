@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from posegpt.data.templates import PRESETS
 from posegpt.detect import DetectorConfig
 from posegpt.evaluation.tracking_links import PromotionConfig
 from posegpt.retrieval import RetrievalConfig
 from posegpt.storage import StorageConfig
-from posegpt.templates import PRESETS
 from posegpt.tracking import TrackingConfig
 
 EVAL_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")

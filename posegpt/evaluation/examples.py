@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
 from posegpt.render import part_face_colors, render_views, save_png, side_by_side
 from posegpt.storage import StorageConfig, arrow_filesystem
 

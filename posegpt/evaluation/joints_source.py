@@ -11,7 +11,7 @@ S11, every 5th frame; protocol 2 keeps camera 60457274 only):
 
 There is no ``pose``: the prepare job (which needs a pose per row) cannot make
 shards of it, so the evaluation reads it itself. Each row becomes an
-``image2pose`` query: the crop the prepare job would cut (``posegpt.crops``, box
+``image2pose`` query: the crop the prepare job would cut (``posegpt.data.crops``, box
 200 × scale × ``crop_padding``) and the question of a template preset. The queries
 are written to a Parquet file of the QA schema (no ``poses``) under the
 evaluation's output folder, so the same Ray actor pool answers them; the answers
@@ -30,12 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg
+from posegpt.data.crops import ImageLimits, crop_box, decode_image, encode_jpeg
+from posegpt.data.schema import QA_SCHEMA
+from posegpt.data.templates import expand
 from posegpt.evaluation.config import JointsSourceConfig
 from posegpt.evaluation.scoring import spin_gt_joints14
-from posegpt.schema import QA_SCHEMA
 from posegpt.storage import StorageConfig, is_s3, join, read_bytes
-from posegpt.templates import expand
 
 SPIN_BOX_UNIT = 200.0
 """SPIN's ``scale`` is the box side in units of 200 pixels."""

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from posegpt.body.skeleton import POSE_DIM
 from posegpt.detect import DetectorConfig
 from posegpt.evaluation.shards import BBOX_KEYS, POSE_TOKEN, ShardError, prompt_turns, question_for
 from posegpt.evaluation.tracking_links import fetch_model_checkpoint
-from posegpt.skeleton import POSE_DIM
 from posegpt.storage import StorageConfig, arrow_filesystem
 
 READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta", "caption")
@@ -107,8 +107,8 @@ def load_posegpt(spec: ModelSpec) -> Any:
 
 
 def crop_to_box(image: Any, bbox: list[float], spec: CropSpec) -> Any:
-    """A square crop centred on ``bbox`` = ``[x0, y0, x1, y1]``, side ``padding`` × its longer side (``posegpt.crops``)."""
-    from posegpt.crops import crop_box
+    """A square crop centred on ``bbox`` = ``[x0, y0, x1, y1]``, side ``padding`` × its longer side (``posegpt.data.crops``)."""
+    from posegpt.data.crops import crop_box
 
     x0, y0, x1, y1 = bbox
     if not (x1 > x0 and y1 > y0):

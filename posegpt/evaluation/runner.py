@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
+from posegpt.body.skeleton import POSE_DIM
 from posegpt.config import to_dict
+from posegpt.data.templates import DEFAULT_PRESET
 from posegpt.evaluation import tracking_links as links
 from posegpt.evaluation.baselines import NearestNeighbour, mean_pose
 from posegpt.evaluation.checkpoint_check import CheckpointInfo, check_checkpoint
@@ -65,9 +67,7 @@ from posegpt.evaluation.shards import (
 )
 from posegpt.retrieval import RECALL_KS, TextPoseRetrieval, chance_recall
 from posegpt.runtime import DEFAULT_CACHE_DIR
-from posegpt.skeleton import POSE_DIM
 from posegpt.storage import is_s3
-from posegpt.templates import DEFAULT_PRESET
 
 RETRIEVAL_TASK = "text2pose"
 """The task whose captions train the retrieval model and whose test split is its gallery."""

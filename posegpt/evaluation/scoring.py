@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posegpt.body import BodyModel
+from posegpt.body.model import BodyModel
 from posegpt.metrics import MM_PER_M, pa_mpjpe, pose_errors
 
 H36M_TO_J17: tuple[int, ...] = (6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9)

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from posegpt.skeleton import POSE_DIM
+from posegpt.body.skeleton import POSE_DIM
+from posegpt.data.templates import expand, stable_hash
 from posegpt.storage import StorageConfig, arrow_filesystem, join
-from posegpt.templates import expand, stable_hash
 
 POSE_TOKEN = "<POSE>"
 GT_COLUMNS: tuple[str, ...] = (

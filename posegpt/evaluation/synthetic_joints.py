@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posegpt.body import BodyModel, load_body_arrays
+from posegpt.body.model import BodyModel, load_body_arrays
 
 H36M_FROM_SMPL: tuple[int, ...] = (0, 1, 4, 7, 2, 5, 8, 6, 12, 15, 15, 16, 18, 20, 17, 19, 21)
 """SMPL joint standing for each H36M regressor joint (0 pelvis, 1–3 left leg, 4–6 right leg, 7 spine,

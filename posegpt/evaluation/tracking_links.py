@@ -15,15 +15,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from posegpt.model_registry import (
+from posegpt.storage import StorageConfig, exists, is_s3, join, read_bytes
+from posegpt.tracking import JOB_TAG
+from posegpt.tracking.registry import (
     checkpoint_subpath,
     fetch_model_checkpoint,
     model_version,
     parse_model_uri,
     run_id_from_model_uri,
 )
-from posegpt.storage import StorageConfig, exists, is_s3, join, read_bytes
-from posegpt.tracking import JOB_TAG
 
 EVAL_JOB = "evaluate"
 TRAIN_RUN_TAG = "posegpt.train_run_id"

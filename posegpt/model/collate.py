@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from posegpt.body.skeleton import POSE_DIM
 from posegpt.model.conversation import IGNORE_INDEX, Encoded, encode, normalize_messages, render
 from posegpt.model.vision_input import decode_image, image_inputs
-from posegpt.skeleton import POSE_DIM
 
 
 @dataclass

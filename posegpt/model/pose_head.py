@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 from posegpt.geometry import axis_angle_to_rot6d, rot6d_to_rotmat
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
 
 ROT6D_DIM = 6
 OUT_DIM = NUM_JOINTS * ROT6D_DIM

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posegpt.body.skeleton import NUM_JOINTS
 from posegpt.geometry import axis_angle_to_rotmat
 from posegpt.model.config import PoseGPTModelConfig
 from posegpt.model.conversation import IGNORE_INDEX
 from posegpt.model.pose_head import PoseHead
 from posegpt.model.vision_input import num_image_tokens
 from posegpt.runtime import DEFAULT_CACHE_DIR
-from posegpt.skeleton import NUM_JOINTS
 from posegpt.storage import StorageConfig
 from posegpt.vision.pose_encoder import PosePathway
 

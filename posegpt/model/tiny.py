@@ -54,8 +54,8 @@ BUILTIN_CORPUS = (
 
 
 def default_corpus() -> list[str]:
-    """The built-in corpus plus every template phrasing of ``posegpt.templates``."""
-    from posegpt.templates import all_template_text
+    """The built-in corpus plus every template phrasing of ``posegpt.data.templates``."""
+    from posegpt.data.templates import all_template_text
 
     return [*BUILTIN_CORPUS, *all_template_text()]
 

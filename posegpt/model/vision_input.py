@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from posegpt.crops import ImageLimits, check_shape, decode_pil
+from posegpt.data.crops import ImageLimits, check_shape, decode_pil
 
 IMAGE_LIMITS = ImageLimits()
-"""Limits on every image the model decodes: the project's one set (``posegpt.crops.ImageLimits``)."""
+"""Limits on every image the model decodes: the project's one set (``posegpt.data.crops.ImageLimits``)."""
 
 ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray | Any
 """Encoded bytes, a file path, an HxWx3 uint8 array or a ``PIL.Image``."""
@@ -21,7 +21,7 @@ ImageInput = bytes | bytearray | memoryview | str | Path | np.ndarray | Any
 def decode_image(data: ImageInput, where: str, limits: ImageLimits = IMAGE_LIMITS) -> Any:
     """An RGB ``PIL.Image`` from encoded bytes, a path, an array or an image; ValueError naming ``where``.
 
-    Encoded bytes go through ``posegpt.crops.decode_pil`` (size, sides and aspect ratio checked
+    Encoded bytes go through ``posegpt.data.crops.decode_pil`` (size, sides and aspect ratio checked
     from the header before decoding); arrays and images are held to the same ``limits``.
     """
     from PIL import Image

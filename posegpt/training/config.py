@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posegpt.body import BodyConfig
+from posegpt.body.model import BodyConfig
 from posegpt.model.config import PoseGPTModelConfig
 from posegpt.storage import StorageConfig, is_s3
 from posegpt.tracking import TrackingConfig

@@ -172,7 +172,7 @@ class Worker:
         self.mixer = TaskMixer(sources, counts)
 
     def open_validation(self) -> None:
-        from posegpt.body import BodyModel
+        from posegpt.body.model import BodyModel
         from posegpt.training.shards import first_poses, read_rows
         from posegpt.training.validation import ValidationSlice, rank_share, training_mean_pose
 

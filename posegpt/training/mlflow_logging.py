@@ -7,7 +7,7 @@ restarted or resumed run keeps logging into the same MLflow run. The run holds
 the whole config as params, the shard folder as its input dataset, per-step
 training metrics, the validation pose error, loss and PA-MPJPE curves as PNG
 plots, and the final checkpoint as a registered model version whose pyfunc
-answers pose queries (text in, pose out): ``posegpt/pyfunc_model.py`` logged as
+answers pose queries (text in, pose out): ``posegpt/tracking/pyfunc_model.py`` logged as
 models-from-code with the ``posegpt`` package as its code, so it loads outside
 this repository.
 """
@@ -25,8 +25,8 @@ import mlflow.pyfunc
 
 import posegpt
 from posegpt.config import to_dict
-from posegpt.model_registry import BASE_MODEL_ARTIFACT, POSE_ENCODER_ARTIFACT, base_model_reference
 from posegpt.storage import StorageConfig, exists, join, read_bytes, write_bytes
+from posegpt.tracking.registry import BASE_MODEL_ARTIFACT, POSE_ENCODER_ARTIFACT, base_model_reference
 from posegpt.training.config import TrainConfig
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -35,7 +35,7 @@ MODEL_NAME = "model"
 """Artifact folder of the logged pyfunc model inside the MLflow run."""
 CHECKPOINT_ARTIFACT = "checkpoint"
 """Name of the checkpoint folder among the pyfunc model's artifacts."""
-PYFUNC_CODE = Path(posegpt.__file__).parent / "pyfunc_model.py"
+PYFUNC_CODE = Path(posegpt.__file__).parent / "tracking" / "pyfunc_model.py"
 """The pyfunc's code (MLflow models-from-code); it runs inside the logged model, not imported here."""
 QUERY_EXAMPLE = "Show me the pose of a person sitting with the left knee bent."
 """The input example logged with every version (and the text of its signature)."""
@@ -178,10 +178,10 @@ class RunLogger:
 def log_pyfunc_model(checkpoint_dir: str | Path, registered_model_name: str | None = None) -> Any:
     """Log a checkpoint folder as a self-contained pyfunc model in the active run; returns MLflow's ``ModelInfo``.
 
-    The model is ``posegpt/pyfunc_model.py`` (models-from-code) with the ``posegpt``
+    The model is ``posegpt/tracking/pyfunc_model.py`` (models-from-code) with the ``posegpt``
     package as ``code_paths``, a signature and an input example. ``MLmodel``'s metadata
     names the base model by its canonical id and its location; a local base small
-    enough (``model_registry.BUNDLE_BASE_MODEL_MAX_BYTES``) travels as the
+    enough (``posegpt.tracking.registry.BUNDLE_BASE_MODEL_MAX_BYTES``) travels as the
     ``base_model`` artifact, so the version loads on a machine without that folder.
     """
     import pandas as pd

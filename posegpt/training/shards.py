@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from posegpt.skeleton import POSE_DIM
+from posegpt.body.skeleton import POSE_DIM
 from posegpt.storage import StorageConfig, arrow_filesystem, check_reachable, join, read_bytes
 
 MANIFEST_FILE = "manifest.json"
@@ -81,7 +81,7 @@ def check_shards(
 ) -> dict[str, Any]:
     """Everything about the shards that would otherwise fail inside a worker; returns the manifest."""
     manifest = read_manifest(shard_root, storage)
-    from posegpt.schema import SCHEMA_VERSION
+    from posegpt.data.schema import SCHEMA_VERSION
 
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from posegpt.skeleton import NUM_JOINTS, POSE_DIM
+from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
 
 
 @dataclass

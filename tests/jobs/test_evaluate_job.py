@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from jobs import evaluate as evaluate_job
 from posegpt import tracking
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.evaluation.shards import read_task_rows
 from posegpt.tracking import TrackingConfig
 

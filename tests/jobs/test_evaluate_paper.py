@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from jobs import evaluate as evaluate_job
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.evaluation.shards import read_task_rows
 from posegpt.evaluation.synthetic_joints import body_h36m_regressor, spin_s24
 
@@ -96,7 +96,7 @@ def test_image_subset_is_the_seeded_draw_per_source(paper_run, eval_shards: Path
 
 
 def test_questions_are_the_papers(paper_run, eval_shards: Path) -> None:
-    from posegpt.templates import CHATPOSE_IMAGE_QUESTIONS, CHATPOSE_TEXT_QUESTIONS
+    from posegpt.data.templates import CHATPOSE_IMAGE_QUESTIONS, CHATPOSE_TEXT_QUESTIONS
 
     out, _, _ = paper_run
     spg = _predictions(out, "spg")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.prepare import main
-from posegpt.schema import QA_SCHEMA
+from posegpt.data.schema import QA_SCHEMA
 from tests.conftest import free_port
 from tests.pipelines.test_prepare import bad_world
 

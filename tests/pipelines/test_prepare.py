@@ -14,8 +14,8 @@ from pipelines.prepare import PrepareError, prepare
 from pipelines.prepare_config import PrepareConfig
 from pipelines.writer import OutputExistsError
 from posegpt.config import load_config
-from posegpt.crops import crop_box, encode_jpeg
-from posegpt.schema import QA_SCHEMA, REJECT_SCHEMA, validate_row
+from posegpt.data.crops import crop_box, encode_jpeg
+from posegpt.data.schema import QA_SCHEMA, REJECT_SCHEMA, validate_row
 from tests.pipelines.sources.raw_files import amass_sequence, jpeg, posescript_v2, spin_npz, write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -267,7 +267,7 @@ def test_s3_in_and_out(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None
 
 
 def test_template_variants_are_rows_of_one_item(tmp_path: Path) -> None:
-    from posegpt.templates import TemplateConfig, expand_variants
+    from posegpt.data.templates import TemplateConfig, expand_variants
 
     root = bad_world(tmp_path / "raw")
     one = prepare(bad_config(root, str(tmp_path / "one")))

@@ -21,7 +21,7 @@ from pipelines.prepare import prepare
 from pipelines.prepare_config import PrepareConfig
 from pipelines.writer import MANIFEST_FILE
 from posegpt.config import load_config
-from posegpt.crops import crop_box, encode_jpeg
+from posegpt.data.crops import crop_box, encode_jpeg
 from tests.pipelines.sources.raw_files import hmr2_person, hmr2_tar, jpeg_bytes, spin_npz
 from tests.pipelines.test_prepare import bad_world, read_dir
 

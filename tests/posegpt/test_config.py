@@ -156,7 +156,7 @@ def test_field_docs_read_every_field() -> None:
 
 def test_project_configs_document_every_field() -> None:
     """The configs this area owns carry a docstring under each field."""
-    from posegpt.body import BodyConfig
+    from posegpt.body.model import BodyConfig
     from posegpt.storage import StorageConfig
 
     for cls in (BodyConfig, StorageConfig):

@@ -221,7 +221,7 @@ def test_image_without_people_gives_no_boxes(synthetic_detector) -> None:
 
 @pytest.mark.slow
 def test_person_at_the_border_is_cropped_with_fill(synthetic_detector) -> None:
-    from posegpt.crops import crop_box
+    from posegpt.data.crops import crop_box
     from posegpt.detect import crops_for_boxes, detect_and_crop
 
     # A held-out single-person image cut so that the person's left edge is the image's left edge.

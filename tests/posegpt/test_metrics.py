@@ -11,7 +11,7 @@ from scipy.linalg import orthogonal_procrustes
 from scipy.spatial import procrustes
 from scipy.spatial.transform import Rotation
 
-from posegpt.body import BodyModel, default_body_model
+from posegpt.body.model import BodyModel, default_body_model
 from posegpt.metrics import mpjpe, mpjre, pa_mpjpe, pose_errors, recall_at_k
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.render import (
     DEFAULT_LIGHT,
     PART_COLORS,

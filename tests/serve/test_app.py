@@ -83,7 +83,7 @@ def test_health_is_open_and_shows_details_only_with_the_key(
 def test_chat_answers_with_pose_joints_and_mesh_of_the_body_model(client: httpx.Client) -> None:
     import torch
 
-    from posegpt.body import default_body_model
+    from posegpt.body.model import default_body_model
 
     data = ok(chat(client, STANDING, include_vertices=True))
     assert data["text"] == ANSWERS[STANDING]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posegpt.crops import crop_box, encode_jpeg
+from posegpt.data.crops import crop_box, encode_jpeg
 from posegpt.detect import box_iou
 from tests.fixtures.model import POSING_SAMPLES
 

@@ -103,7 +103,7 @@ def test_lone_surrogates_are_refused() -> None:
 
 
 def test_image_limits_have_one_source_shared_with_the_data_jobs() -> None:
-    from posegpt.crops import ImageLimitError, image_info
+    from posegpt.data.crops import ImageLimitError, image_info
     from posegpt.model.vision_input import IMAGE_LIMITS
     from serve.settings import LimitsConfig
     from tests.serve.images import bomb_png

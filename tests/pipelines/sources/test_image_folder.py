@@ -15,9 +15,9 @@ from pipelines.prepare import prepare
 from pipelines.prepare_config import PrepareConfig
 from pipelines.synthetic.appearance import background
 from posegpt.config import ConfigError, load_config
-from posegpt.crops import crop_box, encode_jpeg
+from posegpt.data.crops import crop_box, encode_jpeg
+from posegpt.data.schema import validate_row
 from posegpt.detect import box_iou
-from posegpt.schema import validate_row
 
 
 def _unannotated_folder(world: Path, folder: Path) -> dict[str, np.ndarray]:

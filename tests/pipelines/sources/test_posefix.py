@@ -13,7 +13,7 @@ from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext
 from pipelines.sources.posefix import read
 from pipelines.transforms import TransformSettings, transform_item
-from posegpt.templates import stable_hash
+from posegpt.data.templates import stable_hash
 from tests.pipelines.sources.raw_files import amass_sequence, posefix_release
 
 ENTRIES = {

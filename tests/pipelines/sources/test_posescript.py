@@ -11,7 +11,7 @@ import pytest
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext
 from pipelines.sources.posescript import read
-from posegpt.templates import stable_hash
+from posegpt.data.templates import stable_hash
 from tests.pipelines.sources.raw_files import amass_sequence, posescript_v1, posescript_v2
 
 ENTRIES = {

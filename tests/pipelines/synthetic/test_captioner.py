@@ -11,8 +11,8 @@ import torch
 
 from pipelines.synthetic.captioner import describe, describe_codes, posecodes
 from pipelines.synthetic.poses import mirror_pose
-from posegpt.body import default_body_model
-from posegpt.skeleton import JOINT_INDEX as J
+from posegpt.body.model import default_body_model
+from posegpt.body.skeleton import JOINT_INDEX as J
 
 HALF_PI = math.pi / 2
 

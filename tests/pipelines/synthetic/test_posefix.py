@@ -15,10 +15,10 @@ from pipelines.synthetic import captioner
 from pipelines.synthetic.config import SynthConfig
 from pipelines.synthetic.posefix import _UNCHANGED, modifier_clauses
 from pipelines.synthetic.world import write_world
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
+from posegpt.body.skeleton import JOINT_INDEX as J
 from posegpt.config import load_config
-from posegpt.schema import POSE_INPUT_TOKEN, POSE_TOKEN, validate_row
-from posegpt.skeleton import JOINT_INDEX as J
+from posegpt.data.schema import POSE_INPUT_TOKEN, POSE_TOKEN, validate_row
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -20,10 +20,10 @@ from pipelines.synthetic.poses import (
     to_amass,
     to_camera,
 )
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
+from posegpt.body.skeleton import JOINT_INDEX as J
+from posegpt.body.skeleton import JOINT_NAMES
 from posegpt.geometry import zup_root_to_camera_frame
-from posegpt.skeleton import JOINT_INDEX as J
-from posegpt.skeleton import JOINT_NAMES
 
 CHILD = {
     J["left_hip"]: J["left_knee"],

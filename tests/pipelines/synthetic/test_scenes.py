@@ -14,7 +14,7 @@ from pipelines.synthetic.scenes import (
     project_box,
     sample_person,
 )
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.render import rasterize
 
 SIZE = 128

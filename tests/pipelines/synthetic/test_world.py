@@ -14,9 +14,9 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from pipelines.synthetic.poses import ACTIVITY_BY_NAME
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
+from posegpt.body.skeleton import JOINT_INDEX as J
 from posegpt.geometry import zup_root_to_camera_frame
-from posegpt.skeleton import JOINT_INDEX as J
 
 OLD_TO_NEW = {
     "BioMotionLab_NTroje": "BMLrub",

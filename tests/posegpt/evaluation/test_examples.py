@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.evaluation.examples import BodyRenderer, pick_cases, render_example, text_panel
 from tests.fixtures.evaluation import png_bytes
 

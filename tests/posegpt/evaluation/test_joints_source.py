@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from posegpt.crops import crop_box, encode_jpeg
+from posegpt.data.crops import crop_box, encode_jpeg
+from posegpt.data.templates import CHATPOSE_IMAGE_QUESTIONS
 from posegpt.evaluation.config import JointsSourceConfig
 from posegpt.evaluation.joints_source import read_spin_joints, write_query_shard
 from posegpt.evaluation.shards import prompt_turns, subset_indices
-from posegpt.templates import CHATPOSE_IMAGE_QUESTIONS
 
 
 def _write_spin_h36m(folder: Path, n: int = 5, seed: int = 0) -> tuple[Path, np.ndarray]:

@@ -43,7 +43,7 @@ def test_read_shard_files(eval_shards: Path) -> None:
 
 
 def test_read_shard_files_asks_with_a_preset(eval_shards: Path) -> None:
-    from posegpt.templates import expand
+    from posegpt.data.templates import expand
 
     files = list_shard_files(str(eval_shards), "text2pose", "test")
     item = {"task": "text2pose", "variant": "as_is", "path": files[0], "ids": []}

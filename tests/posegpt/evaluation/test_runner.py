@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posegpt.body import default_body_model
+from posegpt.body.model import default_body_model
 from posegpt.evaluation.config import EvalConfig
 from posegpt.evaluation.predict import Prediction
 from posegpt.evaluation.results import MEAN_POSE, MODEL, TaskResult

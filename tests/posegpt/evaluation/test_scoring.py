@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from posegpt.body import BodyModel, default_body_model
+from posegpt.body.model import BodyModel, default_body_model
 from posegpt.evaluation.scoring import (
     H36M_TO_J14,
     PoseScorer,

@@ -70,7 +70,7 @@ def test_bad_shards(tmp_path: Path) -> None:
 
 
 def test_subset_per_source_and_rephrasing(eval_shards: Path) -> None:
-    from posegpt.templates import CHATPOSE_TEXT_QUESTIONS
+    from posegpt.data.templates import CHATPOSE_TEXT_QUESTIONS
 
     rows = read_task_rows(str(eval_shards), "text2pose", "test", need_captions=True)
     # Two sources, so a subset of 5 per source holds 10 rows, 5 of each, in file order.

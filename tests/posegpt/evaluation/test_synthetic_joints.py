@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posegpt.body import default_body_model, load_body_arrays
+from posegpt.body.model import default_body_model, load_body_arrays
 from posegpt.evaluation.joints_source import read_spin_joints
 from posegpt.evaluation.scoring import PoseScorer
 from posegpt.evaluation.synthetic_joints import body_h36m_regressor, spin_joints_npz

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from posegpt.skeleton import NUM_BETAS, NUM_JOINTS, POSE_DIM
+from posegpt.body.skeleton import NUM_BETAS, NUM_JOINTS, POSE_DIM
 
 SCHEMA_VERSION = 1
 """Bumped whenever a column is added, removed or changes meaning."""
@@ -171,7 +171,7 @@ def validate_row(row: Mapping[str, Any]) -> str | None:
     when there is an image; one ``<POSE>`` (answers) or ``<POSE_IN>`` (user turns) per pose, in
     conversation order, at least the counts ``POSE_INPUT_TASKS`` names; poses finite, 72 values,
     rotation angles within ``MAX_ROTATION_ANGLE``; betas exactly 10 finite values;
-    ``meta`` a JSON object. Image bytes are not decoded here (``posegpt.crops.decode_image`` does that).
+    ``meta`` a JSON object. Image bytes are not decoded here (``posegpt.data.crops.decode_image`` does that).
     """
     missing = [c for c in QA_COLUMNS if c not in row]
     if missing:

@@ -4,8 +4,8 @@
 comes from one of two sources:
 
 * a real SMPL file given by path: ``.npz`` (the arrays of an SMPL model) or the
-  official ``.pkl`` (read without chumpy, see ``posegpt.smpl_pickle``);
-* by default, the procedural body of ``posegpt.procedural_body``, generated on
+  official ``.pkl`` (read without chumpy, see ``posegpt.body.smpl_pickle``);
+* by default, the procedural body of ``posegpt.body.procedural``, generated on
   first use into ``<cache_dir>/body/`` and loaded through the same smplx code path.
 
 Next to smplx's linear blend skinning, ``BodyModel.joints`` runs forward kinematics
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from posegpt.body.procedural import GENERATOR_VERSION, NUM_POSE_BASIS, NUM_VERTICES
+from posegpt.body.skeleton import NUM_BETAS, NUM_JOINTS, PARENTS, POSE_DIM
 from posegpt.geometry import axis_angle_to_rotmat
-from posegpt.procedural_body import GENERATOR_VERSION, NUM_POSE_BASIS, NUM_VERTICES
 from posegpt.runtime import DEFAULT_CACHE_DIR
-from posegpt.skeleton import NUM_BETAS, NUM_JOINTS, PARENTS, POSE_DIM
 
 DEFAULT_BODY_FILE = f"{GENERATOR_VERSION}.npz"
 """File name of the generated default body inside ``<cache_dir>/body/`` (a new generator, a new file)."""
@@ -69,7 +69,7 @@ def default_body_path(cache_dir: str | Path | None = None) -> Path:
     path = folder / DEFAULT_BODY_FILE
     if path.is_file():
         return path
-    from posegpt import procedural_body
+    from posegpt.body import procedural as procedural_body
 
     folder.mkdir(parents=True, exist_ok=True)
     data = procedural_body.generate()
@@ -105,7 +105,7 @@ def load_body_arrays(path: str | Path) -> dict[str, np.ndarray]:
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"{path}: not a readable .npz SMPL model ({exc})") from exc
     elif suffix == ".pkl":
-        from posegpt.smpl_pickle import load_smpl_pickle
+        from posegpt.body.smpl_pickle import load_smpl_pickle
 
         raw = load_smpl_pickle(path)
     else:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from posegpt.schema import QA_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, TASKS, empty_row, validate_row
+from posegpt.data.schema import QA_SCHEMA, REJECT_SCHEMA, SCHEMA_VERSION, TASKS, empty_row, validate_row
 
 
 def good_row(**changes):

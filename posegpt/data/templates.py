@@ -25,7 +25,7 @@ sample (ids ``<sample id>:<v>``), each with a different (question, answer) pair
 of one seeded permutation, so a pose is not tied to one phrasing.
 
 Pose-input tasks (``pose2text``, ``posediff``, ``poseedit``) mark each input pose of the
-question with ``<POSE_IN>`` (``posegpt.schema.POSE_INPUT_TOKEN``); the row's ``poses`` list
+question with ``<POSE_IN>`` (``posegpt.data.schema.POSE_INPUT_TOKEN``); the row's ``poses`` list
 them in the order they appear, before any answered ``<POSE>``. ``pose2text`` and ``posediff``
 answer with the caption or modifier text itself, ``poseedit`` with a ``<POSE>`` answer form.
 """
@@ -37,7 +37,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from posegpt.schema import IMAGE_TOKEN, POSE_INPUT_TOKEN, POSE_TOKEN
+from posegpt.data.schema import IMAGE_TOKEN, POSE_INPUT_TOKEN, POSE_TOKEN
 
 IMAGE_QUESTIONS: tuple[str, ...] = (
     "What is the SMPL pose of the person in this image?",
@@ -174,7 +174,7 @@ CHATPOSE_REASONING_ANSWERS: tuple[str, ...] = ("Sure, it is {pose}.",)
 
 POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
 POSE_INPUT_TASKS: tuple[str, ...] = ("pose2text", "posediff", "poseedit")
-"""Tasks whose question holds input poses (``<POSE_IN>``, see ``posegpt.schema.POSE_INPUT_TASKS``)."""
+"""Tasks whose question holds input poses (``<POSE_IN>``, see ``posegpt.data.schema.POSE_INPUT_TASKS``)."""
 TASKS_WITH_IMAGE = frozenset({"image2pose", "rpe"})
 PLACEHOLDERS: tuple[str, ...] = (
     "caption",
@@ -252,7 +252,7 @@ class TemplateConfig:
     """Which phrasings the prepare job writes, and how many per sample."""
 
     preset: str = DEFAULT_PRESET
-    """Template set: ``posegpt`` (this project's phrasings) or ``chatpose`` (the paper's wording; see posegpt/templates.py)."""
+    """Template set: ``posegpt`` (this project's phrasings) or ``chatpose`` (the paper's wording; see posegpt/data/templates.py)."""
     variants: int = 1
     """Rows per sample of the ``variant_splits``, each with a different (question, answer) pair; ids get ``:<v>`` when > 1."""
     variant_splits: list[str] = field(default_factory=lambda: ["train"])
@@ -391,7 +391,7 @@ def vqa_conversation(turns: Sequence[Mapping[str, str]]) -> list[dict[str, str]]
     """LLaVA ``{from, value}`` turns → ``{role, content}`` turns, text kept as written.
 
     Raises ValueError for an unknown speaker; ordering and ``<image>`` placement
-    are checked by ``posegpt.schema.validate_row``.
+    are checked by ``posegpt.data.schema.validate_row``.
     """
     out = []
     for i, turn in enumerate(turns):

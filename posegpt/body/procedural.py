@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posegpt.skeleton import JOINT_INDEX, NUM_BETAS, NUM_JOINTS, PARENTS
+from posegpt.body.skeleton import JOINT_INDEX, NUM_BETAS, NUM_JOINTS, PARENTS
 
 GENERATOR_VERSION = "procedural-smpl-neutral-v1"
 """Stored in the file; bump it whenever the generated arrays change."""

@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse
 import torch
 
-from posegpt.body import (
+from posegpt.body.model import (
     BodyConfig,
     BodyModel,
     default_body_model,
@@ -23,6 +23,8 @@ from posegpt.body import (
     load_body_arrays,
     vertex_part_labels,
 )
+from posegpt.body.procedural import generate, rest_joints
+from posegpt.body.skeleton import JOINT_INDEX, NUM_JOINTS, PARENTS
 from posegpt.geometry import (
     axis_angle_to_rotmat,
     rot_x,
@@ -30,8 +32,6 @@ from posegpt.geometry import (
     rotmat_to_axis_angle,
     zup_root_to_camera_frame,
 )
-from posegpt.procedural_body import generate, rest_joints
-from posegpt.skeleton import JOINT_INDEX, NUM_JOINTS, PARENTS
 
 HEAD, PELVIS = JOINT_INDEX["head"], JOINT_INDEX["pelvis"]
 

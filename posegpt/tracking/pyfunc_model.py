@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from posegpt.model_registry import BASE_MODEL_ARTIFACT, CHECKPOINT_ARTIFACT, POSE_ENCODER_ARTIFACT
+from posegpt.tracking.registry import BASE_MODEL_ARTIFACT, CHECKPOINT_ARTIFACT, POSE_ENCODER_ARTIFACT
 
 
 class PoseQueryModel(PythonModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posegpt.templates import (
+from posegpt.data.templates import (
     ANSWERS,
     IMAGE_QUESTIONS,
     RPE_QUESTIONS,
@@ -80,7 +80,7 @@ def test_all_template_text_covers_every_pool() -> None:
 
 
 def test_chatpose_preset_uses_the_released_wording() -> None:
-    from posegpt.templates import CHATPOSE_ANSWERS, CHATPOSE_TEXT_QUESTIONS, template_set
+    from posegpt.data.templates import CHATPOSE_ANSWERS, CHATPOSE_TEXT_QUESTIONS, template_set
 
     chatpose = template_set("chatpose")
     conv, ids = expand("text2pose", "The person kneels.", "posescript:7", 3, preset="chatpose")
@@ -121,7 +121,7 @@ def test_default_preset_picks_did_not_change() -> None:
 
 @pytest.mark.parametrize("preset", ["posegpt", "chatpose"])
 def test_variants_give_distinct_phrasings_on_training_rows_only(preset: str) -> None:
-    from posegpt.templates import TemplateConfig, expand_variants, template_set
+    from posegpt.data.templates import TemplateConfig, expand_variants, template_set
 
     cfg = TemplateConfig(preset=preset, variants=4)
     rows = expand_variants("text2pose", "The person kneels.", "posescript:7", 0, cfg, "train")
@@ -143,7 +143,7 @@ def test_variants_give_distinct_phrasings_on_training_rows_only(preset: str) -> 
 
 
 def test_template_config_validation() -> None:
-    from posegpt.templates import TemplateConfig
+    from posegpt.data.templates import TemplateConfig
 
     TemplateConfig().validate()
     with pytest.raises(ValueError, match=r"templates\.preset 'x'"):
@@ -153,7 +153,7 @@ def test_template_config_validation() -> None:
 
 
 def test_all_template_text_of_several_presets() -> None:
-    from posegpt.templates import CHATPOSE_IMAGE_QUESTIONS
+    from posegpt.data.templates import CHATPOSE_IMAGE_QUESTIONS
 
     both = all_template_text(("posegpt", "chatpose"))
     assert set(all_template_text()) < set(both)

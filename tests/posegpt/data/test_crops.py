@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posegpt.crops import ImageLimits, crop_box, decode_image, encode_jpeg, image_size
+from posegpt.data.crops import ImageLimits, crop_box, decode_image, encode_jpeg, image_size
 
 
 def gradient(h: int = 120, w: int = 160) -> np.ndarray:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from posegpt.schema import POSE_INPUT_TOKEN, POSE_TOKEN, empty_row, validate_row
-from posegpt.templates import (
+from posegpt.data.schema import POSE_INPUT_TOKEN, POSE_TOKEN, empty_row, validate_row
+from posegpt.data.templates import (
     ANSWERS,
     POSE_TASKS,
     POSEDIFF_QUESTIONS,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from posegpt.model_registry import (
+from posegpt.tracking.registry import (
     BASE_MODEL_ARTIFACT,
     POSE_ENCODER_ARTIFACT,
     base_model_reference,
