@@ -22,7 +22,7 @@ PAPER = {name: REPO / "configs" / "train" / f"{name}.yaml" for name in ("llava-1
 
 def write_shards(root: Path, counts: dict[str, dict[str, int]], version: object | None = None) -> Path:
     """A minimal shard folder: a manifest and one Parquet file per non-empty task/split."""
-    from posegpt.schema import SCHEMA_VERSION
+    from posegpt.data.schema import SCHEMA_VERSION
 
     for task, splits in counts.items():
         for split, n in splits.items():
@@ -159,8 +159,7 @@ def test_paper_presets_hold_the_papers_settings(name):
 
 def test_tiny_preset_is_the_two_cpu_embedded_default():
     cfg = load_config(TrainConfig, TINY)
-    # One worker: a second only adds all-reduce and data-feed overhead on 2 cores (docs/training.md).
-    assert (cfg.scaling.num_workers, cfg.scaling.use_gpu) == (1, False)
+    assert (cfg.scaling.num_workers, cfg.scaling.use_gpu) == (2, False)
     assert cfg.engine.zero_stage == 2
     assert cfg.model.train_projector is True
     # The workers leave CPU to Ray Data on a 2-CPU machine.
@@ -187,7 +186,7 @@ def test_every_train_config_field_is_documented():
 
 
 def _pose_shards(root: Path, poses: dict[str, np.ndarray]) -> Path:
-    from posegpt.schema import SCHEMA_VERSION
+    from posegpt.data.schema import SCHEMA_VERSION
 
     for task, array in poses.items():
         folder = root / task / "train"
