@@ -38,9 +38,9 @@ import pyarrow.fs as pafs
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import ReadContext, dataset_name
-from pipelines.sources.items import Item, as_floats, reject_item, row_item
+from pipelines.sources.items import Item, as_floats, reject_item, row_item, shape_floats
 from pipelines.sources.safe_pickle import UnsafePickleError, restricted_loads
-from posegpt.body.skeleton import NUM_BETAS, POSE_DIM
+from posegpt.body.skeleton import POSE_DIM
 from posegpt.storage import arrow_filesystem
 
 BOX_UNIT = 200.0
@@ -157,10 +157,7 @@ def _person(
             sid,
             meta,
         )
-    betas = None
-    if person.get("betas") is not None and float(np.asarray(person.get("has_betas", 1)).reshape(-1)[0]) > 0:
-        b = np.asarray(person["betas"], dtype=np.float64).reshape(-1)
-        betas = as_floats(b[:NUM_BETAS])
+    betas = shape_floats(person.get("betas"), person.get("has_betas"))
     meta.update(center=[float(c) for c in center], box_size=size)
     return row_item(
         name,

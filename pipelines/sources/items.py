@@ -24,12 +24,26 @@ from typing import Any
 
 import numpy as np
 
+from posegpt.body.skeleton import NUM_BETAS
+
 Item = dict[str, Any]
 
 
 def as_floats(values: Any) -> list[float]:
     """A flat list of Python floats (float32-rounded, as the shards store them)."""
     return [float(v) for v in np.asarray(values, dtype=np.float32).reshape(-1)]
+
+
+def shape_floats(betas: Any, has_betas: Any = None) -> list[float] | None:
+    """A row's betas: the first ``NUM_BETAS`` values, or None when absent or flagged invalid.
+
+    SPIN's and HMR 2.0's files carry a ``has_betas`` flag beside fitted shapes; a fit
+    flagged 0 is noise, not a shape. Fewer values than ``NUM_BETAS`` are kept as they
+    are, so that validation names the row.
+    """
+    if betas is None or (has_betas is not None and float(np.asarray(has_betas).reshape(-1)[0]) <= 0):
+        return None
+    return as_floats(np.asarray(betas, dtype=np.float64).reshape(-1)[:NUM_BETAS])
 
 
 def row_item(

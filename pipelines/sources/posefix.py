@@ -34,7 +34,7 @@ from pipelines.prepare_config import SourceConfig
 from pipelines.sources.amass import AmassFiles, smplh_to_smpl
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name
 from pipelines.sources.items import Item, as_floats, in_part, owns_shared, reject_item, row_item
-from pipelines.sources.posescript import V2, choose_captions, read_captions, read_ids
+from pipelines.sources.posescript import V2, choose_captions, read_captions, read_ids, read_split_lists
 from posegpt.body.skeleton import AMASS_BODY_JOINTS
 from posegpt.geometry import axis_angle_to_rotmat, rot_x, rot_z, rotmat_to_axis_angle, yaw_zyx
 
@@ -128,18 +128,11 @@ def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = 
                     continue
                 texts[pair_id].extend((t, label, uri) for t in values)
 
-    listed: list[tuple[str, str, int]] = []
-    for split in source.splits:
-        for pattern in SPLIT_FILES:
-            uri = ctx.path(pattern.format(split=split), folder)
-            try:
-                values = ctx.read_json(uri)
-                if not isinstance(values, list):
-                    raise RawFileError(f"{uri}: expected a JSON list of pair ids")
-                listed.extend((split, uri, int(v)) for v in values)
-            except (RawFileError, FileNotFoundError, TypeError, ValueError) as exc:
-                if shared:
-                    yield reject_item(name, dataset, uri, f"PoseFix split file: {exc}")
+    files = [(split, ctx.path(p.format(split=split), folder)) for split in source.splits for p in SPLIT_FILES]
+    listed, errors = read_split_lists(ctx, files, "pair")
+    if shared:
+        for uri, reason in errors:
+            yield reject_item(name, dataset, uri, f"PoseFix split file: {reason}")
     listed = [entry for k, entry in enumerate(listed) if in_part(part, k)]
 
     # Raw frames: the in-sequence correction needs the z-up roots.

@@ -86,6 +86,27 @@ def read_ids(ctx: ReadContext, uri: str) -> dict[int, tuple[str, int]]:
     return out
 
 
+def read_split_lists(
+    ctx: ReadContext, files: list[tuple[str, str]], what: str
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """``(split, uri, id)`` of every id in the ``(split, uri)`` JSON lists, and ``(uri, reason)`` of those unreadable.
+
+    A missing or malformed split file is a reject of the whole file, reported once by the
+    read task that owns the shared files; the other files still count.
+    """
+    entries: list[tuple[str, str, int]] = []
+    errors: list[tuple[str, str]] = []
+    for split, uri in files:
+        try:
+            listed = ctx.read_json(uri)
+            if not isinstance(listed, list):
+                raise RawFileError(f"{uri}: expected a JSON list of {what} ids")
+            entries.extend((split, uri, int(v)) for v in listed)
+        except (RawFileError, FileNotFoundError, TypeError, ValueError) as exc:
+            errors.append((uri, str(exc)))
+    return entries, errors
+
+
 def read_captions(ctx: ReadContext, uri: str) -> dict[int, list[str]]:
     """id → captions of one caption file (a string or a list of strings per id)."""
     data = ctx.read_json(uri)
@@ -180,17 +201,14 @@ def read(name: str, source: SourceConfig, ctx: ReadContext, part: dict | None = 
                     target[pid].append(text)
                     caption_files[pid].append(uri)
 
-    split_ids: list[tuple[str, str, int]] = []
-    for split in source.splits:
-        uri = ctx.path(layout.split_file.format(split=split), folder)
-        try:
-            listed = ctx.read_json(uri)
-            if not isinstance(listed, list):
-                raise RawFileError(f"{uri}: expected a JSON list of pose ids")
-            split_ids.extend((split, uri, int(pid)) for pid in listed)
-        except (RawFileError, FileNotFoundError, TypeError, ValueError) as exc:
-            if shared:
-                yield reject_item(name, dataset, uri, f"PoseScript split file: {exc}")
+    split_ids, errors = read_split_lists(
+        ctx,
+        [(split, ctx.path(layout.split_file.format(split=split), folder)) for split in source.splits],
+        "pose",
+    )
+    if shared:
+        for uri, reason in errors:
+            yield reject_item(name, dataset, uri, f"PoseScript split file: {reason}")
     split_ids = [entry for k, entry in enumerate(split_ids) if in_part(part, k)]
 
     amass = AmassFiles(ctx, source.amass_root, keep=1)

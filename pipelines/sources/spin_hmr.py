@@ -26,8 +26,8 @@ import numpy as np
 
 from pipelines.prepare_config import SourceConfig
 from pipelines.sources.inputs import RawFileError, ReadContext, dataset_name, npz_length, resolve
-from pipelines.sources.items import Item, as_floats, reject_item, row_item
-from posegpt.body.skeleton import NUM_BETAS, POSE_DIM
+from pipelines.sources.items import Item, as_floats, reject_item, row_item, shape_floats
+from posegpt.body.skeleton import POSE_DIM
 
 SPIN_BOX_UNIT = 200.0
 """SPIN's ``scale`` is the box side in units of 200 pixels."""
@@ -169,10 +169,9 @@ def read_npz_rows(
                 meta,
             )
             continue
-        row_betas = None
-        if betas is not None and (has_betas is None or float(np.asarray(has_betas[i]).reshape(-1)[0]) > 0):
-            b = np.asarray(betas[i], dtype=np.float64).reshape(-1)
-            row_betas = as_floats(b[:NUM_BETAS]) if b.size >= NUM_BETAS else as_floats(b)
+        row_betas = shape_floats(
+            None if betas is None else betas[i], None if has_betas is None else has_betas[i]
+        )
         meta.update(center=[float(c) for c in center], box_size=size)
         yield row_item(
             name,
