@@ -275,7 +275,7 @@ def test_nan_loss_stops_every_rank_naming_step_and_samples(
     assert "training stopped at step 2 (nonfinite_loss)" in message
     assert "rank 0, step 2" in message and "rank 1, step 2" in message
     shard_ids = set()
-    for task in ("image2pose", "text2pose", "vqa"):
+    for task in cfg.data.task_ratio:  # every task the mix draws from
         for f in (prepared_shards / task / "train").glob("*.parquet"):
             shard_ids.update(pq.read_table(f, columns=["sample_id"]).column(0).to_pylist())
     named = [
