@@ -7,6 +7,12 @@ mix freely in one batch: ``pixel_values`` holds one entry per row *with* an
 image, in row order, which is the order in which LLaVA fills the image tokens of
 the flattened batch.
 
+Collation is two parts: ``Collator.encode_row`` does the per-row work (decode the
+image, tokenise, image-processor and pose-encoder pixels) and ``Collator.stack``
+pads and stacks encoded rows. The training input runs ``encode_row`` on Ray Data's
+CPU actors (``posegpt.training.encoding``) and only ``stack`` on the GPU workers;
+calling the collator does both.
+
 Batch keys: ``input_ids``, ``attention_mask``, ``labels`` (B, L), right-padded;
 ``pixel_values`` (N_img, 3, H, W) when any row has an image (and
 ``pose_pixel_values`` for a model with a pose encoder); ``pose_index`` (P, 2)
@@ -31,9 +37,14 @@ from posegpt.model.vision_input import decode_image, image_inputs
 
 @dataclass
 class EncodedRow:
+    """One row ready to be stacked: its tokens, pose targets and (if it has an image) its pixels."""
+
     encoded: Encoded
-    image: Any | None
     poses: list[np.ndarray]
+    """(72,) float32 axis-angle targets, one per ``<POSE>`` kept after truncation."""
+    pixels: dict[str, np.ndarray]
+    """Model pixel inputs of the row's image (``pixel_values`` and/or ``pose_pixel_values``), each
+    (3, H, W) float32; empty for a row without an image."""
 
 
 def rows_from_columns(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -129,7 +140,13 @@ class Collator:
                 f"but field poses holds {len(poses)}"
             )
         self._truncate(encoded, poses, where)
-        return EncodedRow(encoded, image, poses)
+        pixels: dict[str, np.ndarray] = {}
+        if image is not None:
+            # Per image, so rows can be encoded apart; CLIP's processor and the pose encoder's
+            # preparation treat each image of a batch on its own, so stacking gives the batch result.
+            inputs = image_inputs(self.processor.image_processor, [image], self.pose_encoder)
+            pixels = {k: v[0].numpy().astype(np.float32, copy=False) for k, v in inputs.items()}
+        return EncodedRow(encoded, poses, pixels)
 
     def _truncate(self, enc: Encoded, poses: list[np.ndarray], where: str) -> None:
         """Cut at ``max_length``; poses whose ``<POSE>`` falls off are dropped; never cut an image."""
@@ -150,9 +167,12 @@ class Collator:
     def __call__(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Tensor]:
         if isinstance(rows, Mapping):
             rows = rows_from_columns(rows)
-        if len(rows) == 0:
+        return self.stack([self.encode_row(row, i) for i, row in enumerate(rows)])
+
+    def stack(self, encoded: Sequence[EncodedRow]) -> dict[str, Tensor]:
+        """Right-pad and stack encoded rows into a batch (no decoding, no tokenising)."""
+        if len(encoded) == 0:
             raise ValueError("cannot collate an empty batch")
-        encoded = [self.encode_row(row, i) for i, row in enumerate(rows)]
         length = max(len(e.encoded.input_ids) for e in encoded)
         batch = len(encoded)
         input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
@@ -160,7 +180,7 @@ class Collator:
         attention = torch.zeros((batch, length), dtype=torch.long)
         pose_index: list[tuple[int, int]] = []
         pose_targets: list[np.ndarray] = []
-        images = []
+        pixels: dict[str, list[np.ndarray]] = {}
         for i, row in enumerate(encoded):
             n = len(row.encoded.input_ids)
             input_ids[i, :n] = torch.tensor(row.encoded.input_ids)
@@ -168,8 +188,8 @@ class Collator:
             attention[i, :n] = 1
             pose_index += [(i, p - 1) for p in row.encoded.pose_token_positions]
             pose_targets += row.poses
-            if row.image is not None:
-                images.append(row.image)
+            for key, value in row.pixels.items():
+                pixels.setdefault(key, []).append(value)
         out: dict[str, Tensor] = {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -179,6 +199,5 @@ class Collator:
             if pose_targets
             else torch.zeros(0, POSE_DIM),
         }
-        if images:
-            out.update(image_inputs(self.processor.image_processor, images, self.pose_encoder))
+        out.update({key: torch.from_numpy(np.stack(values)) for key, values in pixels.items()})
         return out

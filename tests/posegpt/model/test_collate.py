@@ -120,3 +120,18 @@ def test_bad_rows_name_the_sample_and_field(collator, change, message) -> None:
     row.update(change)
     with pytest.raises(ValueError, match=message):
         collator([row])
+
+
+def test_rows_encoded_apart_stack_to_the_batch_of_all_images(model, collator) -> None:
+    """``encode_row`` prepares each image alone; stacked, the pixels equal those of one processor call."""
+    from posegpt.model.vision_input import decode_image, image_inputs
+
+    rows = mixed_rows(5)
+    batch = collator.stack([collator.encode_row(row, i) for i, row in enumerate(rows)])
+    images = [decode_image(r["image"], "test") for r in rows if r["image"] is not None]
+    expected = image_inputs(model.processor.image_processor, images, model.cfg.pose_encoder)
+    assert set(expected) <= set(batch)
+    for key, value in expected.items():
+        assert batch[key].dtype == torch.float32
+        torch.testing.assert_close(batch[key], value, rtol=0, atol=1e-6)
+    assert collator.encode_row(rows[1], 1).pixels == {}  # a text-only row carries no pixels
