@@ -8,6 +8,21 @@ state of the step that emits it — the state whose next-token prediction is
     model = PoseGPT.from_checkpoint("outputs/train/checkpoint")      # or s3://..., models:/posegpt/3
     answer = model.chat("Show me a person sitting cross-legged.")
     answer.text, answer.poses, answer.joints
+
+Poses as input: a user turn may hold ``<POSE_IN>`` placeholders; the query passes their
+poses by value (72 axis-angle floats each, DESIGN.md's frames), one per ``<POSE_IN>`` of the
+whole conversation in order. A pose answered earlier is fed back the same way::
+
+    first = model.chat("Show me a person sitting cross-legged.")
+    history = [
+        {"role": "user", "content": "Show me a person sitting cross-legged."},
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "<POSE_IN> Now raise the left arm."},
+    ]
+    edited = model.chat(history, poses=[first.poses[0]])
+
+The encoder's embeddings replace the ``<POSE_IN>`` ids in the prompt pass; decoding then
+continues from the KV cache as for any prompt.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import torch
 from torch import Tensor
 
 from posegpt.body.skeleton import NUM_JOINTS, POSE_DIM
+from posegpt.data.schema import check_pose
 from posegpt.geometry import rotmat_to_axis_angle
 from posegpt.model.conversation import encode, normalize_messages, render
 from posegpt.model.posegpt_model import PoseGPTModel
@@ -72,6 +88,22 @@ class Query:
     """``[{"role": "user", "content": ...}, ...]`` or a single user message."""
     image: ImageInput | None = None
     """Encoded image bytes, a path, an HxWx3 uint8 array or a PIL image."""
+    poses: Sequence[Sequence[float]] | np.ndarray | None = None
+    """One 72-float axis-angle pose per ``<POSE_IN>`` of the user turns, in conversation order."""
+
+
+def pose_inputs(poses: Sequence[Sequence[float]] | np.ndarray | None, where: str) -> np.ndarray:
+    """(Q, 72) float32 input poses; ValueError naming the pose that has the wrong length, NaN/inf,
+    or a rotation beyond 2π."""
+    if poses is None:
+        return np.zeros((0, POSE_DIM), np.float32)
+    out = []
+    for i, pose in enumerate(poses):
+        reason = check_pose(pose, f"{where}: poses[{i}]")
+        if reason:
+            raise ValueError(reason)
+        out.append(np.asarray(pose, dtype=np.float32))
+    return np.stack(out) if out else np.zeros((0, POSE_DIM), np.float32)
 
 
 @dataclass
@@ -189,10 +221,12 @@ class PoseGPT:
         messages: Sequence[Mapping[str, str]] | str,
         image: ImageInput | None = None,
         settings: GenerationSettings | None = None,
+        poses: Sequence[Sequence[float]] | np.ndarray | None = None,
         **overrides: Any,
     ) -> Answer:
-        """Answer the last user turn of ``messages`` (a string is one user message)."""
-        return self.batch([Query(messages, image)], settings, **overrides)[0]
+        """Answer the last user turn of ``messages`` (a string is one user message); ``poses``: one per
+        ``<POSE_IN>`` of its user turns, in order."""
+        return self.batch([Query(messages, image, poses)], settings, **overrides)[0]
 
     def batch(
         self,
@@ -203,7 +237,10 @@ class PoseGPT:
         """Answer several queries in one left-padded batch; answers in query order."""
         settings = replace(settings or GenerationSettings(), **overrides)
         settings.validate()
-        parsed = [q if isinstance(q, Query) else Query(q["messages"], q.get("image")) for q in queries]
+        parsed = [
+            q if isinstance(q, Query) else Query(q["messages"], q.get("image"), q.get("poses"))
+            for q in queries
+        ]
         gens = self.generate(parsed, settings)
         return self._answers(gens, settings)
 
@@ -218,6 +255,7 @@ class PoseGPT:
             *(self.encode_query(q, f"query {i}") for i, q in enumerate(queries)), strict=True
         )
         gens = [Generation(list(p)) for p in prompts]
+        given = [pose_inputs(q.poses, f"query {i}") for i, q in enumerate(queries)]
         model = self.model
         device = model.device
         n, width = len(prompts), max(len(p) for p in prompts)
@@ -241,6 +279,8 @@ class PoseGPT:
             if present
             else {}
         )
+        # Row-major order of the <POSE_IN> blocks in the left-padded batch: row by row, in text order.
+        inputs = torch.from_numpy(np.concatenate(given)).to(device) if model.pose_input is not None else None
         limits = [min(settings.max_new_tokens, model.context_length - len(p)) for p in prompts]
 
         generator = torch.Generator(device=device)
@@ -255,6 +295,7 @@ class PoseGPT:
             cache=None,
             use_cache=True,
             pose_pixel_values=pixels.get("pose_pixel_values"),
+            pose_inputs=inputs,
         )
         last = hidden[:, -1]
         done = [False] * n
@@ -262,6 +303,8 @@ class PoseGPT:
         for step_index in range(max(limits)):
             logits = model.lm_logits(last).float()
             logits[:, model.image_token_id] = float("-inf")
+            if model.pose_input_token_id is not None:
+                logits[:, model.pose_input_token_id] = float("-inf")
             if step_index < settings.min_new_tokens:
                 logits[:, self.eos_id] = float("-inf")
             # One device-to-host copy per step, not one per row.
@@ -299,7 +342,8 @@ class PoseGPT:
     # -- pieces -----------------------------------------------------------------------------
 
     def encode_query(self, query: Query, where: str) -> tuple[list[int], Any]:
-        """Prompt token ids (ending in ``ASSISTANT:``) and the decoded image of one query."""
+        """Prompt token ids (ending in ``ASSISTANT:``) and the decoded image of one query (its pose inputs
+        checked against its ``<POSE_IN>`` count)."""
         model = self.model
         messages = query.messages
         if isinstance(messages, str):
@@ -321,7 +365,15 @@ class PoseGPT:
             num_image_tokens=model.num_image_tokens,
             pose_token_id=self.pose_id,
             where=where,
+            pose_input_token_id=model.pose_input_token_id,
+            num_pose_input_tokens=model.cfg.pose_input_tokens,
         )
+        n_given = len(pose_inputs(query.poses, where))
+        if n_given != len(enc.pose_input_positions):
+            raise ValueError(
+                f"{where}: the conversation holds {len(enc.pose_input_positions)} {model.cfg.pose_input_token} "
+                f"but {n_given} poses were given (one per {model.cfg.pose_input_token}, in order)"
+            )
         if len(enc.input_ids) >= model.context_length:
             raise ValueError(
                 f"{where}: the prompt has {len(enc.input_ids)} tokens (image tokens included) but the model's "

@@ -2,8 +2,10 @@
 
 Layout (DESIGN.md)::
 
-    adapter/                 PEFT LoRA adapter (LoRA weights, <POSE> rows, projector when trained)
+    adapter/                 PEFT LoRA adapter (LoRA weights, <POSE> and <POSE_IN> rows, projector when trained)
     pose_head.safetensors    the SMPL head
+    pose_input.safetensors   the pose input encoder (poses given in user turns; absent in checkpoints
+                             made before pose inputs, which then read no poses)
     pose_projector.safetensors  the pose pathway's projector (only with a pose encoder; the frozen
                              encoder is read from ``pose_encoder.weights``, its sha256 checked)
     tokenizer/               the processor: tokenizer with <POSE>, image processor
@@ -32,6 +34,9 @@ from posegpt.storage import StorageConfig, is_s3, materialize_dir
 ADAPTER_DIR = "adapter"
 POSE_HEAD_FILE = "pose_head.safetensors"
 POSE_PROJECTOR_FILE = "pose_projector.safetensors"
+POSE_INPUT_FILE = "pose_input.safetensors"
+OPTIONAL_FILES: tuple[str, ...] = (POSE_PROJECTOR_FILE, POSE_INPUT_FILE)
+"""Files a checkpoint holds only for some models (pose encoder, pose input encoder): copy them when present."""
 TOKENIZER_DIR = "tokenizer"
 CONFIG_FILE = "config.yaml"
 
@@ -58,6 +63,7 @@ def save_checkpoint(model: PoseGPTModel, out_dir: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
     save_file(state, str(out / POSE_HEAD_FILE), metadata={"hidden_size": str(model.pose_head.hidden_size)})
     save_pose_projector(model, out)
+    save_pose_input(model, out)
     model.processor.save_pretrained(out / TOKENIZER_DIR)
     cfg = model.cfg
     if not is_s3(cfg.base_model) and not Path(cfg.base_model).is_absolute():
@@ -75,6 +81,40 @@ def save_pose_projector(model: PoseGPTModel, out: Path) -> None:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in projector.items()}, str(out / POSE_PROJECTOR_FILE)
         )
+
+
+def save_pose_input(model: PoseGPTModel, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    if model.pose_input is not None:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.pose_input.state_dict().items()}
+        meta = {
+            "hidden_size": str(model.pose_input.hidden_size),
+            "num_tokens": str(model.pose_input.num_tokens),
+        }
+        save_file(state, str(out / POSE_INPUT_FILE), metadata=meta)
+
+
+def load_pose_input(cfg: PoseGPTModelConfig, hidden_size: int, local: Path, where: str) -> Any:
+    """The pose input encoder saved in ``local`` (``cfg.pose_input_tokens`` > 0)."""
+    from safetensors.torch import load_file
+
+    from posegpt.model.posegpt_model import build_pose_input
+
+    file = local / POSE_INPUT_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {where} is missing {POSE_INPUT_FILE} (its tokenizer has {cfg.pose_input_token})"
+        )
+    encoder = build_pose_input(cfg, hidden_size)
+    try:
+        encoder.load_state_dict(load_file(str(file)), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"checkpoint {where}: {POSE_INPUT_FILE} does not fit the model (pose_input_tokens="
+            f"{cfg.pose_input_tokens}, hidden size {hidden_size}): {exc}"
+        ) from exc
+    return encoder
 
 
 def load_pose_projector(pathway: Any, local: Path, where: str) -> None:
@@ -133,6 +173,14 @@ def load_checkpoint(
     cfg = load_config(PoseGPTModelConfig, local / CONFIG_FILE, extra)
     processor = load_processor(local / TOKENIZER_DIR)
     pose_id = pose_token_id(processor.tokenizer, cfg.pose_token, f"checkpoint {path}")
+    if cfg.pose_input_tokens and cfg.pose_input_token not in processor.tokenizer.get_vocab():
+        # Saved before pose inputs existed: the model reads no poses.
+        cfg = dataclasses.replace(cfg, pose_input_tokens=0)
+    pose_input_id = (
+        pose_token_id(processor.tokenizer, cfg.pose_input_token, f"checkpoint {path}")
+        if cfg.pose_input_tokens
+        else None
+    )
     llava = load_llava(resolve_base_dir(cfg, cache_dir, storage), cfg.dtype, cfg.attn_implementation)
     # The <POSE> rows themselves come from the adapter (trainable tokens); this only makes room.
     resize_for_tokenizer(llava, len(processor.tokenizer))
@@ -149,9 +197,15 @@ def load_checkpoint(
     pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
     if pathway is not None:
         load_pose_projector(pathway, local, str(path))
+    hidden_size = llava.config.text_config.hidden_size
+    pose_input = (
+        load_pose_input(cfg, hidden_size, local, str(path)).to(llava.dtype) if cfg.pose_input_tokens else None
+    )
     if trainable and cfg.gradient_checkpointing:
         enable_gradient_checkpointing(llava)
-    model = PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id, pathway).to(device)
+    model = PoseGPTModel(
+        lm, head.to(llava.dtype), processor, cfg, pose_id, pathway, pose_input, pose_input_id
+    ).to(device)
     if not trainable:
         model.eval()
         model.requires_grad_(False)

@@ -2,7 +2,7 @@
 
 A row follows the shard schema (DESIGN.md): ``conversation`` (list of
 ``{role, content}``), ``image`` (encoded bytes or null), ``poses`` (one 72-float
-list per ``<POSE>``, or null) and ``sample_id``. Rows with and without an image
+list per ``<POSE_IN>`` or ``<POSE>``, in conversation order, or null) and ``sample_id``. Rows with and without an image
 mix freely in one batch: ``pixel_values`` holds one entry per row *with* an
 image, in row order, which is the order in which LLaVA fills the image tokens of
 the flattened batch.
@@ -17,13 +17,15 @@ Batch keys: ``input_ids``, ``attention_mask``, ``labels`` (B, L), right-padded;
 ``pixel_values`` (N_img, 3, H, W) when any row has an image (and
 ``pose_pixel_values`` for a model with a pose encoder); ``pose_index`` (P, 2)
 = (row, position of the hidden state that predicts the ``<POSE>``);
-``pose_targets`` (P, 72) axis-angle.
+``pose_targets`` (P, 72) axis-angle; ``pose_inputs`` (Q, 72) axis-angle, one per ``<POSE_IN>``
+in row-major order (a model that reads poses replaces each ``<POSE_IN>`` block's embeddings), and
+``pose_input_index`` (Q, 2) = (row, first position of its block).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,8 @@ class EncodedRow:
     pixels: dict[str, np.ndarray]
     """Model pixel inputs of the row's image (``pixel_values`` and/or ``pose_pixel_values``), each
     (3, H, W) float32; empty for a row without an image."""
+    pose_inputs: list[np.ndarray] = field(default_factory=list)
+    """(72,) float32 axis-angle inputs, one per ``<POSE_IN>`` kept after truncation."""
 
 
 def rows_from_columns(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -87,8 +91,13 @@ class Collator:
         system_prompt: str,
         max_length: int,
         pose_encoder: Any = None,
+        pose_input_token_id: int | None = None,
+        num_pose_input_tokens: int = 1,
     ) -> None:
         self.processor = processor
+        self.pose_input_token_id = pose_input_token_id
+        """Id of ``<POSE_IN>`` (None: the model reads no poses, a row with one is refused)."""
+        self.num_pose_input_tokens = num_pose_input_tokens
         self.pose_encoder = pose_encoder
         """``PoseEncoderConfig`` of the model's pose encoder (its inputs join CLIP's), or None."""
         self.tokenizer = processor.tokenizer
@@ -111,6 +120,8 @@ class Collator:
             system_prompt=model.cfg.system_prompt,
             max_length=min(model.cfg.max_length, model.context_length),
             pose_encoder=model.cfg.pose_encoder,
+            pose_input_token_id=model.pose_input_token_id,
+            num_pose_input_tokens=model.cfg.pose_input_tokens,
         )
 
     def encode_row(self, row: Mapping[str, Any], index: int = 0) -> EncodedRow:
@@ -132,34 +143,47 @@ class Collator:
             num_image_tokens=self.num_image_tokens,
             pose_token_id=self.pose_token_id,
             where=where,
+            pose_input_token_id=self.pose_input_token_id,
+            num_pose_input_tokens=self.num_pose_input_tokens,
         )
-        poses = _poses(row.get("poses"), f"{where}: field poses")
-        if len(poses) != len(encoded.pose_token_positions):
+        all_poses = _poses(row.get("poses"), f"{where}: field poses")
+        slots = encoded.pose_slots()
+        if len(all_poses) != len(slots):
             raise ValueError(
-                f"{where}: the conversation has {len(encoded.pose_token_positions)} <POSE> tokens "
-                f"but field poses holds {len(poses)}"
+                f"{where}: the conversation has {len(encoded.pose_input_positions)} <POSE_IN> and "
+                f"{len(encoded.pose_token_positions)} <POSE> tokens but field poses holds {len(all_poses)} "
+                "(one per pose token, in conversation order)"
             )
-        self._truncate(encoded, poses, where)
+        poses = [p for p, is_input in zip(all_poses, slots, strict=True) if not is_input]
+        pose_inputs = [p for p, is_input in zip(all_poses, slots, strict=True) if is_input]
+        self._truncate(encoded, poses, where, pose_inputs)
         pixels: dict[str, np.ndarray] = {}
         if image is not None:
             # Per image, so rows can be encoded apart; CLIP's processor and the pose encoder's
             # preparation treat each image of a batch on its own, so stacking gives the batch result.
             inputs = image_inputs(self.processor.image_processor, [image], self.pose_encoder)
             pixels = {k: v[0].numpy().astype(np.float32, copy=False) for k, v in inputs.items()}
-        return EncodedRow(encoded, poses, pixels)
+        return EncodedRow(encoded, poses, pixels, pose_inputs)
 
-    def _truncate(self, enc: Encoded, poses: list[np.ndarray], where: str) -> None:
-        """Cut at ``max_length``; poses whose ``<POSE>`` falls off are dropped; never cut an image."""
+    def _truncate(
+        self, enc: Encoded, poses: list[np.ndarray], where: str, pose_inputs: list[np.ndarray]
+    ) -> None:
+        """Cut at ``max_length``; poses whose ``<POSE>`` or ``<POSE_IN>`` block falls off are dropped (a
+        block the cut would split goes whole); never cut an image."""
         limit = self.max_length
         if len(enc.input_ids) <= limit:
             return
+        split = [p for p in enc.pose_input_positions if p < limit < p + self.num_pose_input_tokens]
+        limit = split[0] if split else limit
         if enc.image_span is not None and enc.image_span[1] > limit:
             raise ValueError(
-                f"{where}: max_length {limit} cuts into the {self.num_image_tokens} image tokens "
+                f"{where}: max_length {self.max_length} cuts into the {self.num_image_tokens} image tokens "
                 f"(ending at {enc.image_span[1]}); raise model.max_length"
             )
         enc.input_ids = enc.input_ids[:limit]
         enc.labels = enc.labels[:limit]
+        enc.pose_input_positions = [p for p in enc.pose_input_positions if p < limit]
+        del pose_inputs[len(enc.pose_input_positions) :]
         kept = [p for p in enc.pose_token_positions if p < limit]
         enc.pose_token_positions = kept
         del poses[len(kept) :]
@@ -180,6 +204,8 @@ class Collator:
         attention = torch.zeros((batch, length), dtype=torch.long)
         pose_index: list[tuple[int, int]] = []
         pose_targets: list[np.ndarray] = []
+        input_index: list[tuple[int, int]] = []
+        pose_inputs: list[np.ndarray] = []
         pixels: dict[str, list[np.ndarray]] = {}
         for i, row in enumerate(encoded):
             n = len(row.encoded.input_ids)
@@ -188,6 +214,8 @@ class Collator:
             attention[i, :n] = 1
             pose_index += [(i, p - 1) for p in row.encoded.pose_token_positions]
             pose_targets += row.poses
+            input_index += [(i, p) for p in row.encoded.pose_input_positions]
+            pose_inputs += row.pose_inputs
             for key, value in row.pixels.items():
                 pixels.setdefault(key, []).append(value)
         out: dict[str, Tensor] = {
@@ -198,6 +226,10 @@ class Collator:
             "pose_targets": torch.from_numpy(np.stack(pose_targets))
             if pose_targets
             else torch.zeros(0, POSE_DIM),
+            "pose_inputs": torch.from_numpy(np.stack(pose_inputs))
+            if pose_inputs
+            else torch.zeros(0, POSE_DIM),
+            "pose_input_index": torch.tensor(input_index, dtype=torch.long).view(-1, 2),
         }
         out.update({key: torch.from_numpy(np.stack(values)) for key, values in pixels.items()})
         return out

@@ -76,6 +76,10 @@ class PoseGPTModelConfig:
     """Attention kernel passed to transformers."""
     pose_token: str = "<POSE>"
     """The special token whose hidden state is decoded to a pose."""
+    pose_input_token: str = "<POSE_IN>"
+    """The placeholder of a pose given to the model in a user turn; the pose input encoder's embeddings replace it."""
+    pose_input_tokens: int = 1
+    """LM input embeddings the pose input encoder makes per input pose (0: the model reads no poses, no token is added)."""
     system_prompt: str = LLAVA_V1_SYSTEM
     """System line placed before the first ``USER:`` turn."""
     max_length: int = 2048
@@ -121,6 +125,10 @@ class PoseGPTModelConfig:
         self.pose_encoder.validate()
         if self.lambda_text < 0 or self.lambda_pose < 0:
             raise ValueError(f"loss weights must be >= 0, got {self.lambda_text}, {self.lambda_pose}")
+        if not 0 <= self.pose_input_tokens <= 64:
+            raise ValueError(f"model.pose_input_tokens must be in [0, 64], got {self.pose_input_tokens}")
+        if self.pose_input_tokens and self.pose_input_token == self.pose_token:
+            raise ValueError(f"model.pose_input_token and model.pose_token are both {self.pose_token!r}")
         if self.max_length < 8:
             raise ValueError(f"model.max_length must be at least 8 tokens, got {self.max_length}")
         # pose_head_init=mean without a mean pose is valid here: jobs/train.py fills it from the shards,

@@ -13,7 +13,9 @@ off-by-one.
 
 ``<image>`` is one special token in the text; it is expanded to the number of
 vision tokens the model produces for one image (576 for llava-1.5 at 336 px), as
-``LlavaProcessor`` does.
+``LlavaProcessor`` does. ``<POSE_IN>``, a pose given in a user turn, is one special
+token expanded the same way, to the pose input encoder's tokens per pose
+(``posegpt.model.pose_input``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
+POSE_INPUT_PLACEHOLDER = "<POSE_IN>"
+"""The default ``PoseGPTModelConfig.pose_input_token`` (``posegpt.data.schema.POSE_INPUT_TOKEN``)."""
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (prompt, padding, image tokens)."""
 
@@ -51,6 +55,16 @@ class Encoded:
     """Index of every ``<POSE>`` token in ``input_ids`` (its pose is read at index − 1), in order."""
     image_span: tuple[int, int] | None = None
     """``[start, end)`` of the expanded image tokens, when the conversation has an image."""
+    pose_input_positions: list[int] = field(default_factory=list)
+    """Index of the first token of every expanded ``<POSE_IN>`` block in ``input_ids``, in order."""
+
+    def pose_slots(self) -> list[bool]:
+        """For each pose token of the conversation in text order: True for an input (``<POSE_IN>``),
+        False for an answer (``<POSE>``). A row's ``poses`` lists one pose per slot."""
+        marked = [(p, True) for p in self.pose_input_positions] + [
+            (p, False) for p in self.pose_token_positions
+        ]
+        return [is_input for _, is_input in sorted(marked)]
 
 
 def _field(item: Any, name: str) -> Any:
@@ -132,8 +146,16 @@ def encode(
     num_image_tokens: int,
     pose_token_id: int,
     where: str,
+    pose_input_token_id: int | None = None,
+    num_pose_input_tokens: int = 1,
 ) -> Encoded:
-    """Tokenise ``rendered``; label only the assistant spans; expand ``<image>`` to the vision tokens."""
+    """Tokenise ``rendered``; label only the assistant spans; expand ``<image>`` to the vision tokens and each
+    ``<POSE_IN>`` (``pose_input_token_id``; None: the model reads no poses) to ``num_pose_input_tokens``."""
+    if pose_input_token_id is None and POSE_INPUT_PLACEHOLDER in rendered.text:
+        raise ValueError(
+            f"{where}: the conversation holds {POSE_INPUT_PLACEHOLDER} but this model reads no poses "
+            "(its checkpoint predates pose inputs, or model.pose_input_tokens is 0)"
+        )
     enc = tokenizer(rendered.text, add_special_tokens=True, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
@@ -157,11 +179,21 @@ def encode(
     labels: list[int] = []
     poses: list[int] = []
     image_span: tuple[int, int] | None = None
+    pose_inputs: list[int] = []
     for token, is_label in zip(ids, labelled, strict=True):
         if token == image_token_id:
             image_span = (len(out_ids), len(out_ids) + num_image_tokens)
             out_ids.extend([image_token_id] * num_image_tokens)
             labels.extend([IGNORE_INDEX] * num_image_tokens)
+            continue
+        if token == pose_input_token_id:
+            if is_label:
+                raise ValueError(
+                    f"{where}: {POSE_INPUT_PLACEHOLDER} appears in an assistant turn; poses are given in user turns"
+                )
+            pose_inputs.append(len(out_ids))
+            out_ids.extend([token] * num_pose_input_tokens)
+            labels.extend([IGNORE_INDEX] * num_pose_input_tokens)
             continue
         if token == pose_token_id:
             if not is_label:
@@ -169,4 +201,4 @@ def encode(
             poses.append(len(out_ids))
         out_ids.append(token)
         labels.append(token if is_label else IGNORE_INDEX)
-    return Encoded(out_ids, labels, poses, image_span)
+    return Encoded(out_ids, labels, poses, image_span, pose_inputs)

@@ -5,7 +5,8 @@ and ``AutoProcessor``): LoRA deltas, the trained ``<POSE>`` rows and the project
 are folded into the weights. The SMPL head lies beside them as
 ``pose_head.safetensors`` with ``posegpt.yaml`` (the model config and the
 ``<POSE>`` id), since transformers has no place for it; so does the pose pathway's
-projector when the model has a pose encoder (its frozen weights stay where the config names).
+projector when the model has a pose encoder (its frozen weights stay where the config names), and the
+pose input encoder (``pose_input.safetensors``) when the model reads poses.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import yaml
 from safetensors.torch import save_file
 
 from posegpt.config import to_dict
-from posegpt.model.checkpoint import POSE_HEAD_FILE, load_checkpoint, save_pose_projector
+from posegpt.model.checkpoint import (
+    POSE_HEAD_FILE,
+    POSE_INPUT_FILE,
+    load_checkpoint,
+    save_pose_input,
+    save_pose_projector,
+)
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.storage import StorageConfig
 
@@ -44,11 +51,14 @@ def export_merged(
     state = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
     save_file(state, str(out / POSE_HEAD_FILE), metadata={"hidden_size": str(model.pose_head.hidden_size)})
     save_pose_projector(model, out)
+    save_pose_input(model, out)
     cfg = dataclasses.replace(model.cfg, base_model=str(out.resolve()), build_tiny_if_missing=False)
     info = {
         "pose_token": cfg.pose_token,
         "pose_token_id": model.pose_token_id,
         "pose_head": POSE_HEAD_FILE,
+        "pose_input_token_id": model.pose_input_token_id,
+        "pose_input": POSE_INPUT_FILE if model.pose_input is not None else None,
         "source_checkpoint": str(checkpoint),
         "model": to_dict(cfg),
     }

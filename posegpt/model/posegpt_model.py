@@ -25,6 +25,7 @@ from posegpt.geometry import axis_angle_to_rotmat
 from posegpt.model.config import PoseGPTModelConfig
 from posegpt.model.conversation import IGNORE_INDEX
 from posegpt.model.pose_head import PoseHead
+from posegpt.model.pose_input import PoseInputEncoder, embedding_rms
 from posegpt.model.vision_input import num_image_tokens
 from posegpt.runtime import DEFAULT_CACHE_DIR
 from posegpt.storage import StorageConfig
@@ -51,6 +52,12 @@ class PoseGPTModel(nn.Module):
     followed by the pose encoder's projected tokens (or the latter alone, ``mode:
     replace``), all at the ``<image>`` placeholder: transformers' LLaVA scatters them
     through its ``mm_encoder_outputs`` input, so cached generation takes the same path.
+
+    With a ``pose_input`` encoder (``cfg.pose_input_tokens`` > 0), each pose given in a user
+    turn (``<POSE_IN>``, expanded to ``pose_input_tokens`` ids by the collator) becomes that
+    many input embeddings: the embeddings of the ids are computed here, the pose positions
+    overwritten, and LLaVA gets ``inputs_embeds`` (its documented alternative to ``input_ids``;
+    it then finds ``<image>`` positions by their embedding, which they keep).
     """
 
     def __init__(
@@ -61,6 +68,8 @@ class PoseGPTModel(nn.Module):
         cfg: PoseGPTModelConfig,
         pose_token_id: int,
         pose_pathway: PosePathway | None = None,
+        pose_input: PoseInputEncoder | None = None,
+        pose_input_token_id: int | None = None,
     ):
         super().__init__()
         self.lm = lm
@@ -71,6 +80,18 @@ class PoseGPTModel(nn.Module):
         if cfg.pose_encoder.enabled and pose_pathway is None:
             raise ValueError(f"model.pose_encoder.kind={cfg.pose_encoder.kind} but no pose pathway was built")
         self.pose_pathway = pose_pathway
+        if (cfg.pose_input_tokens > 0) != (pose_input is not None and pose_input_token_id is not None):
+            raise ValueError(
+                f"model.pose_input_tokens={cfg.pose_input_tokens} needs a pose input encoder and the "
+                f"{cfg.pose_input_token} token id exactly when it is > 0"
+            )
+        if pose_input is not None and pose_input.num_tokens != cfg.pose_input_tokens:
+            raise ValueError(
+                f"the pose input encoder makes {pose_input.num_tokens} tokens per pose, "
+                f"model.pose_input_tokens is {cfg.pose_input_tokens}"
+            )
+        self.pose_input = pose_input
+        self.pose_input_token_id = None if pose_input_token_id is None else int(pose_input_token_id)
         config = self.llava.config
         self.image_token_id = int(config.image_token_id)
         clip_tokens = num_image_tokens(config)
@@ -108,10 +129,13 @@ class PoseGPTModel(nn.Module):
         cache: Any = None,
         use_cache: bool = False,
         pose_pixel_values: Tensor | None = None,
+        pose_inputs: Tensor | None = None,
     ) -> tuple[Tensor, Any]:
         """Final-layer hidden states (B, L, H) (after the last norm, what the LM head reads) and the KV cache.
 
-        ``pixel_values`` feed CLIP, ``pose_pixel_values`` the pose encoder (one row per image, in row order).
+        ``pixel_values`` feed CLIP, ``pose_pixel_values`` the pose encoder (one row per image, in row order),
+        ``pose_inputs`` (Q, 72) the pose input encoder: one axis-angle pose per ``<POSE_IN>`` block of
+        ``input_ids``, in row-major order (row by row, left to right).
         """
         if pixel_values is not None:
             pixel_values = pixel_values.to(self.device, self.llava.model.vision_tower.dtype)
@@ -125,8 +149,9 @@ class PoseGPTModel(nn.Module):
                 "this model has a pose encoder: pass pose_pixel_values with the images "
                 "(posegpt.model.vision_input.image_inputs makes both)"
             )
+        tokens = self.input_tokens(input_ids, pose_inputs, check=cache is None)
         out = self.llava.model(
-            input_ids=input_ids,
+            **tokens,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
@@ -134,6 +159,39 @@ class PoseGPTModel(nn.Module):
             **images,
         )
         return out.last_hidden_state, out.cache
+
+    def input_tokens(
+        self, input_ids: Tensor, pose_inputs: Tensor | None, *, check: bool = True
+    ) -> dict[str, Tensor]:
+        """``input_ids``, or ``inputs_embeds`` with the pose input encoder's embeddings at the ``<POSE_IN>`` ids.
+
+        ``check`` looks for ``<POSE_IN>`` ids without poses (one device sync; decoding steps skip it,
+        since generation never emits ``<POSE_IN>``).
+        """
+        input_ids = input_ids.to(self.device)
+        if self.pose_input is None or self.pose_input_token_id is None:
+            if pose_inputs is not None and len(pose_inputs):
+                raise ValueError("pose inputs were given but this model has no pose input encoder")
+            return {"input_ids": input_ids}
+        placeholders = input_ids == self.pose_input_token_id
+        if pose_inputs is None or len(pose_inputs) == 0:
+            if check and bool(placeholders.any()):
+                raise ValueError(
+                    f"the input holds {self.cfg.pose_input_token} tokens but no pose inputs were given"
+                )
+            return {"input_ids": input_ids}
+        features = self.pose_input(pose_inputs.to(self.device))
+        n_slots, n_features = int(placeholders.sum()), features.shape[0] * features.shape[1]
+        if n_slots != n_features:
+            raise ValueError(
+                f"the input holds {n_slots} {self.cfg.pose_input_token} positions but {len(pose_inputs)} pose "
+                f"inputs give {n_features} embeddings ({self.cfg.pose_input_tokens} per pose)"
+            )
+        embeds = self.llava.get_input_embeddings()(input_ids)
+        embeds = embeds.masked_scatter(
+            placeholders.unsqueeze(-1), features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+        )
+        return {"inputs_embeds": embeds}
 
     def image_features(self, pixel_values: Tensor | None, pose_pixel_values: Tensor) -> Any:
         """Per image, CLIP's projected tokens (``append``) followed by the pose pathway's, as LLaVA's image output."""
@@ -175,8 +233,8 @@ class PoseGPTModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> PoseGPTOutput:
         """Loss of a collated batch: keys ``input_ids``, ``attention_mask``, ``labels``, optional
-        ``pixel_values`` (one per row with an image, in row order), ``pose_index`` (P, 2) and
-        ``pose_targets`` (P, 72)."""
+        ``pixel_values`` (one per row with an image, in row order), ``pose_index`` (P, 2),
+        ``pose_targets`` (P, 72) and ``pose_inputs`` (Q, 72, one per ``<POSE_IN>``)."""
         device = self.device
         input_ids = batch["input_ids"].to(device)
         attention_mask = batch["attention_mask"].to(device)
@@ -186,6 +244,7 @@ class PoseGPTModel(nn.Module):
             attention_mask,
             batch.get("pixel_values"),
             pose_pixel_values=batch.get("pose_pixel_values"),
+            pose_inputs=batch.get("pose_inputs"),
         )
 
         # Next-token CE over assistant tokens only: logits only where a label exists
@@ -215,6 +274,10 @@ class PoseGPTModel(nn.Module):
             pred = self.pose_head.rotmats(hidden[:0, 0])
             pose_loss = pred.sum() * 0.0
         loss = self.cfg.lambda_text * text_loss + self.cfg.lambda_pose * pose_loss
+        pose_inputs = batch.get("pose_inputs")
+        if self.pose_input is not None and (pose_inputs is None or len(pose_inputs) == 0):
+            # As for the head: zero gradients for the pose input encoder in a batch without pose inputs.
+            loss = loss + self.pose_input(hidden.new_zeros(0, NUM_JOINTS * 3)).sum() * 0.0
         return PoseGPTOutput(loss, text_loss, pose_loss, n_text, n_poses, pred)
 
 
@@ -244,7 +307,8 @@ def build_model(
     device: str | torch.device = "cpu",
     lora: bool = True,
 ) -> PoseGPTModel:
-    """A fresh PoseGPT from the base LLaVA of ``cfg``: ``<POSE>`` added, LoRA applied, head initialised."""
+    """A fresh PoseGPT from the base LLaVA of ``cfg``: ``<POSE>`` (and ``<POSE_IN>``) added, LoRA applied, head
+    (and pose input encoder) initialised."""
     from posegpt.model.loading import load_llava, load_processor, resolve_base_dir
 
     cfg.validate()
@@ -260,7 +324,16 @@ def assemble(llava: Any, processor: Any, cfg: PoseGPTModelConfig, *, lora: bool 
     from posegpt.model.lora import apply_lora
 
     llava.requires_grad_(False)
+    word_rms = embedding_rms(llava.get_input_embeddings().weight)
     pose_id = add_pose_token(llava, processor.tokenizer, cfg.pose_token)
+    new_ids = [pose_id]
+    pose_input, pose_input_id = None, None
+    if cfg.pose_input_tokens:
+        # Its input row is always overwritten; its rows are trained and saved like <POSE>'s so the
+        # LM head's row (in every softmax) is restored exactly by a checkpoint.
+        pose_input_id = add_pose_token(llava, processor.tokenizer, cfg.pose_input_token)
+        new_ids.append(pose_input_id)
+        pose_input = build_pose_input(cfg, llava.config.text_config.hidden_size, word_rms).to(llava.dtype)
     head = PoseHead(
         llava.config.text_config.hidden_size,
         init=cfg.pose_head_init,
@@ -268,10 +341,15 @@ def assemble(llava: Any, processor: Any, cfg: PoseGPTModelConfig, *, lora: bool 
         init_std=cfg.pose_head_init_std,
     )
     pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
-    lm: nn.Module = apply_lora(llava, cfg, [pose_id]) if lora else llava
+    lm: nn.Module = apply_lora(llava, cfg, new_ids) if lora else llava
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(llava)
-    return PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id, pathway)
+    return PoseGPTModel(lm, head.to(llava.dtype), processor, cfg, pose_id, pathway, pose_input, pose_input_id)
+
+
+def build_pose_input(cfg: PoseGPTModelConfig, hidden_size: int, word_rms: float = 1.0) -> PoseInputEncoder:
+    """The pose input encoder of ``cfg`` (``pose_input_tokens`` embeddings per pose), output scaled to ``word_rms``."""
+    return PoseInputEncoder(hidden_size, cfg.pose_input_tokens, word_rms)
 
 
 def build_pose_pathway(

@@ -21,7 +21,8 @@ from posegpt.model.config import LLAVA_V1_SYSTEM, TinyBaseConfig
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
-"""Base vocabulary specials, in id order (``<POSE>`` is added later by the loader, as for llava-hf)."""
+"""Base vocabulary specials, in id order (``<POSE>`` and ``<POSE_IN>`` are added later by the loader, as for
+llava-hf)."""
 
 MARKER_FILE = "tiny_base.json"
 """Written last: a folder holding it is a finished build (a crashed build is rebuilt)."""
@@ -54,10 +55,11 @@ BUILTIN_CORPUS = (
 
 
 def default_corpus() -> list[str]:
-    """The built-in corpus plus every template phrasing of ``posegpt.data.templates``."""
-    from posegpt.data.templates import all_template_text
+    """The built-in corpus plus every template phrasing of ``posegpt.data.templates``, the pose-input
+    tasks' (describe, compare, edit a given pose) included."""
+    from posegpt.data.templates import POSE_INPUT_TASKS, POSE_TASKS, all_template_text
 
-    return [*BUILTIN_CORPUS, *all_template_text()]
+    return [*BUILTIN_CORPUS, *all_template_text(tasks=(*POSE_TASKS, *POSE_INPUT_TASKS))]
 
 
 def _train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:

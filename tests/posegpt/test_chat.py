@@ -64,3 +64,26 @@ def test_chat_cli_one_message(posing_checkpoint_dir: Path, tmp_path: Path) -> No
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2 and "x.png does not exist" in bad.stderr
+
+
+def test_chat_feeds_an_answered_pose_back(pose_input_checkpoint_dir: Path, tmp_path: Path) -> None:
+    """``<POSE_IN>`` names the latest pose of the session, ``<POSE_IN#k>`` pose k; bad numbers are errors."""
+    from posegpt.inference import PoseGPT
+
+    model = PoseGPT.from_checkpoint(pose_input_checkpoint_dir)
+    out = io.StringIO()
+    first, edit = POSING_SAMPLES[0]["prompt"], "<POSE_IN> Raise the left arm."
+    inputs = [first, "<POSE_IN#7> Raise the left arm.", edit, "<POSE_IN#1> Raise the left arm."]
+    answers = run_chat(model, inputs, out_dir=tmp_path, max_new_tokens=24, out=out)
+    assert [a.text for a in answers] == ["Here is the pose <POSE>."] * 3
+    text = out.getvalue()
+    assert "error: <POSE_IN#7> names pose #7, but the session has poses #1 to #1" in text
+    assert "(pose #1)" in text and "(pose #2)" in text and "(pose #3)" in text
+    # The second turn equals a direct call with the first answer's pose as input.
+    history = [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": answers[0].text},
+        {"role": "user", "content": edit},
+    ]
+    direct = model.chat(history, poses=[answers[0].poses[0]], max_new_tokens=24)
+    np.testing.assert_allclose(answers[1].poses, direct.poses, atol=1e-5)

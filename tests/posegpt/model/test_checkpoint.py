@@ -12,7 +12,7 @@ import yaml
 from posegpt.model.checkpoint import REQUIRED_FILES, load_checkpoint, save_checkpoint
 from posegpt.model.collate import Collator
 from posegpt.storage import StorageConfig, upload_dir
-from tests.fixtures.model import mixed_rows, torch_threads
+from tests.fixtures.model import mixed_rows, pose_input_rows, torch_threads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,7 +25,7 @@ def trained(tiny_model_config, tmp_path_factory: pytest.TempPathFactory):
     with torch_threads(1):
         torch.manual_seed(1)
         model = build_model(tiny_model_config)
-        batch = Collator.for_model(model)(mixed_rows(6))
+        batch = Collator.for_model(model)([*mixed_rows(6), *pose_input_rows()])
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
         model.train()
         for _ in range(2):
@@ -44,6 +44,7 @@ def outputs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
             batch["attention_mask"],
             batch["pixel_values"],
             pose_pixel_values=batch.get("pose_pixel_values"),
+            pose_inputs=batch["pose_inputs"],
         )
         return model.lm_logits(hidden), model(batch).pred_rotmats
 
@@ -63,6 +64,9 @@ def test_reload_gives_bit_identical_outputs(trained) -> None:
         emb2.token_adapter.trainable_tokens_delta["default"],
     )
     assert not any(p.requires_grad for p in loaded.parameters())
+    # The trained pose input encoder came back too (a fresh one would differ).
+    for key, value in model.pose_input.state_dict().items():
+        assert torch.equal(value, loaded.pose_input.state_dict()[key]), key
 
 
 def test_checkpoint_layout_names_the_base_model(trained, tiny_base_dir: Path) -> None:

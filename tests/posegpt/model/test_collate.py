@@ -110,7 +110,10 @@ def test_truncation_never_cuts_an_image(model) -> None:
     ("change", "message"),
     [
         ({"image": b"not an image"}, r"sample t:0: field image: not a readable image"),
-        ({"poses": None}, r"sample t:0: the conversation has 2 <POSE> tokens but field poses holds 0"),
+        (
+            {"poses": None},
+            r"sample t:0: the conversation has 0 <POSE_IN> and 2 <POSE> tokens but field poses holds 0",
+        ),
         ({"poses": [[0.0] * 71]}, r"sample t:0: field poses: poses\[0\] has 71 values"),
         ({"poses": [[float("nan")] * 72]}, r"sample t:0: field poses: poses\[0\] holds NaN"),
     ],
@@ -135,3 +138,56 @@ def test_rows_encoded_apart_stack_to_the_batch_of_all_images(model, collator) ->
         assert batch[key].dtype == torch.float32
         torch.testing.assert_close(batch[key], value, rtol=0, atol=1e-6)
     assert collator.encode_row(rows[1], 1).pixels == {}  # a text-only row carries no pixels
+
+
+def test_pose_inputs_and_targets_are_split_in_conversation_order(model, collator) -> None:
+    """``poses`` lists inputs and answers in text order; inputs go to ``pose_inputs``, answers stay targets."""
+    from tests.fixtures.model import pose_input_rows
+
+    rows = [mixed_rows(3)[2], *pose_input_rows()]
+    batch = collator(rows)
+    n = model.cfg.pose_input_tokens
+    expected_inputs, expected_targets = [], []
+    for row in rows:
+        poses = list(row["poses"] or [])
+        k = 0
+        for turn in row["conversation"]:
+            marker = "<POSE_IN>" if turn["role"] == "user" else "<POSE>"
+            for _ in range(turn["content"].count(marker)):
+                (expected_inputs if turn["role"] == "user" else expected_targets).append(poses[k])
+                k += 1
+        assert k == len(poses)
+    np.testing.assert_array_equal(batch["pose_inputs"].numpy(), np.asarray(expected_inputs, np.float32))
+    np.testing.assert_array_equal(batch["pose_targets"].numpy(), np.asarray(expected_targets, np.float32))
+    # Each input's block: n <POSE_IN> ids from its index, no label; every <POSE_IN> id belongs to a block.
+    ids = batch["input_ids"]
+    for row, start in batch["pose_input_index"].tolist():
+        assert (ids[row, start : start + n] == model.pose_input_token_id).all()
+        assert (batch["labels"][row, start : start + n] == IGNORE_INDEX).all()
+    assert int((ids == model.pose_input_token_id).sum()) == n * len(expected_inputs)
+
+
+def test_truncation_drops_pose_inputs_past_the_cut(model) -> None:
+    from posegpt.model.collate import Collator
+    from tests.fixtures.model import pose_input_rows
+
+    row = pose_input_rows()[2]  # "How does pose <POSE_IN> differ from pose <POSE_IN>?"
+    full = Collator.for_model(model).encode_row(row)
+    first, second = full.encoded.pose_input_positions
+    short = Collator.for_model(model)
+    short.max_length = second  # cut just before the second pose's block
+    enc = short.encode_row(row)
+    assert enc.encoded.pose_input_positions == [first]
+    assert len(enc.pose_inputs) == 1
+    np.testing.assert_array_equal(enc.pose_inputs[0], np.asarray(row["poses"][0], np.float32))
+
+
+def test_pose_input_counts_must_match(collator) -> None:
+    from tests.fixtures.model import pose_input_rows
+
+    row = pose_input_rows()[2]
+    row["poses"] = row["poses"][:1]
+    with pytest.raises(
+        ValueError, match=r"pose-input:2: the conversation has 2 <POSE_IN> and 0 <POSE> tokens"
+    ):
+        collator([row])

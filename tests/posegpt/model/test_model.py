@@ -149,19 +149,23 @@ def test_trainable_parameter_set(model, tiny_model_config) -> None:
         "projector": [n for n in names if "multi_modal_projector.modules_to_save" in n],
         "head": [n for n in names if n.startswith("pose_head.")],
         "pose projector": [n for n in names if n.startswith("pose_pathway.projector.")],
+        "pose input": [n for n in names if n.startswith("pose_input.")],
     }
     assert sorted(n for group in groups.values() for n in group) == sorted(names)  # nothing else is trainable
-    assert len(groups["tokens"]) == 2  # the <POSE> row of the input embedding and of the LM head
+    assert (
+        len(groups["tokens"]) == 2
+    )  # the <POSE> and <POSE_IN> rows of the input embedding and of the LM head
     assert {n.split(".token_adapter")[0].rsplit(".", 1)[-1] for n in groups["tokens"]} == {
         "embed_tokens",
         "lm_head",
     }
     assert len(groups["projector"]) == 4 and tiny_model_config.train_projector
     assert len(groups["head"]) == 4
+    assert len(groups["pose input"]) == 5  # two linear layers and the output scale
     assert len(groups["pose projector"]) == (4 if tiny_model_config.pose_encoder.enabled else 0)
     assert not any("vision_tower" in n or "pose_pathway.encoder" in n for n in names)
     for name in groups["tokens"]:
-        assert dict(model.named_parameters())[name].shape[0] == 1
+        assert dict(model.named_parameters())[name].shape[0] == 2
 
 
 def test_projector_frozen_without_the_flag(tiny_model_config) -> None:
