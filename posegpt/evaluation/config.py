@@ -11,8 +11,13 @@ from posegpt.retrieval import RetrievalConfig
 from posegpt.storage import StorageConfig
 from posegpt.tracking import TrackingConfig
 
-EVAL_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
-"""Tasks with a pose answer that the evaluation scores."""
+POSE_ANSWER_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
+"""Tasks answered with a pose from an image or a text (the default ``data.tasks``)."""
+POSE_INPUT_EVAL_TASKS: tuple[str, ...] = ("pose2text", "posediff", "poseedit")
+"""Tasks that give the model poses: describe one (R^P2T, BLEU/ROUGE), compare two (pair recall,
+BLEU/ROUGE), edit one (PA-MPJPE against *no edit* and the caption nearest neighbour)."""
+EVAL_TASKS: tuple[str, ...] = (*POSE_ANSWER_TASKS, *POSE_INPUT_EVAL_TASKS)
+"""Tasks the evaluation scores."""
 TEXT_TASKS: tuple[str, ...] = ("text2pose", "spg", "rpe")
 """Tasks whose query carries a description, so the nearest-neighbour baseline applies."""
 RECALL_TASKS: tuple[str, ...] = ("text2pose", "spg")
@@ -59,8 +64,8 @@ class EvalDataSection:
     """Split scored (every row of it, the whole split being the retrieval gallery)."""
     train_split: str = "train"
     """Split the baselines (mean pose, nearest neighbour) and the retrieval model learn from."""
-    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))
-    """Tasks to score, among ``image2pose``, ``text2pose``, ``spg``, ``rpe``."""
+    tasks: list[str] = field(default_factory=lambda: list(POSE_ANSWER_TASKS))
+    """Tasks to score, among ``image2pose``, ``text2pose``, ``spg``, ``rpe`` and the pose-input tasks ``pose2text``, ``posediff``, ``poseedit``."""
     skip_missing_tasks: bool = False
     """Skip a listed task whose split has no shards (with a note in the report) instead of failing."""
     max_samples: int = 0

@@ -3,7 +3,7 @@
 Ray Data reads the rows' Parquet files (images included; one read task per file)
 and streams them through an actor pool (``map_batches`` with ``PosePredictor``):
 each actor loads the checkpoint once and answers a batch of queries per call with
-``PoseGPT.batch``. Every task goes through the same pool, so the model loads once
+``PoseGPT.batch`` (rows of the pose-input tasks give their input poses by value). Every task goes through the same pool, so the model loads once
 per actor, not once per task. Only the sample id, the first predicted pose and the
 answer text come back to the driver.
 
@@ -27,11 +27,11 @@ import pyarrow as pa
 
 from posegpt.body.skeleton import POSE_DIM
 from posegpt.detect import DetectorConfig
-from posegpt.evaluation.shards import BBOX_KEYS, POSE_TOKEN, ShardError, prompt_turns, question_for
+from posegpt.evaluation.shards import BBOX_KEYS, POSE_TOKEN, ShardError, query_of, question_for
 from posegpt.evaluation.tracking_links import fetch_model_checkpoint
 from posegpt.storage import StorageConfig, arrow_filesystem
 
-READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta", "caption")
+READ_COLUMNS: tuple[str, ...] = ("sample_id", "conversation", "image", "meta", "caption", "poses")
 AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT = "as_is", "gt_crop", "detected_crop"
 VARIANTS: tuple[str, ...] = (AS_IS, GT_CROP_VARIANT, DETECTED_CROP_VARIANT)
 
@@ -160,10 +160,12 @@ class PosePredictor:
         images = batch.column("image").to_pylist()
         metas = batch.column("meta").to_pylist()
         variants = batch.column("variant").to_pylist()
+        tasks = batch.column("task").to_pylist()
+        row_poses = batch.column("poses").to_pylist()
         queries, asked = [], []
         detected = [True] * len(ids)
-        for i, (sid, conv, img, meta, variant) in enumerate(
-            zip(ids, convs, images, metas, variants, strict=True)
+        for i, (sid, conv, img, meta, variant, task, poses) in enumerate(
+            zip(ids, convs, images, metas, variants, tasks, row_poses, strict=True)
         ):
             image: Any = img
             if variant == GT_CROP_VARIANT:
@@ -173,7 +175,8 @@ class PosePredictor:
                 if image is None:
                     detected[i] = False
                     continue
-            queries.append(Query(prompt_turns(conv or [], sid), image))
+            turns, inputs = query_of(conv or [], poses, task, sid)
+            queries.append(Query(turns, image, inputs if len(inputs) else None))
             asked.append(i)
         settings = GenerationSettings(
             max_new_tokens=self.spec.max_new_tokens, temperature=0.0, seed=self.spec.seed

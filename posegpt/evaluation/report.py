@@ -8,7 +8,8 @@ Layout of ``<report_dir>``::
     baselines.csv        one row per task and method, metrics side by side
     retrieval.csv        recalls of every method and the ceiling, with chance
     predictions/<task>.csv  per-sample ids, the question asked, errors, and the model's pose (``model/pose``: 72
-                         axis-angle values, space-separated, exact float32 round trip)
+                         axis-angle values, space-separated, exact float32 round trip); for the pose-input
+                         tasks also the answer text (``model/text``) and the reference
     examples/<task>_<case>.png  best / median / worst rendered examples
 """
 
@@ -138,6 +139,10 @@ def write_report(
             for method, mr in tr.methods.items():
                 for name, v in mr.scores.values.items():
                     row[f"{method}/{name}"] = float(v[i])
+            if tr.answers is not None:
+                row[f"{MODEL}/text"] = tr.answers[i]
+                if tr.rows.references:
+                    row["reference"] = tr.rows.references[i]
             model = tr.methods.get(MODEL)
             if model is not None and model.poses is not None:
                 # repr of each float32 as a double reads back bit-exactly: the poses behind every metric.
@@ -178,6 +183,8 @@ def render_markdown(
     for task, tr in result.tasks.items():
         for method, mr in tr.methods.items():
             means = mr.means()
+            if not means:
+                continue  # answered in words: its numbers are below
             rows.append(
                 [task, METHOD_TITLES.get(method, method), str(len(tr.rows))]
                 + [_fmt(means.get(m), decimals) for m in cols]
@@ -220,6 +227,26 @@ def render_markdown(
             ]
             parts += [markdown_table([label, "samples", *units], body), ""]
 
+    extra = {task: tr.extra for task, tr in result.tasks.items() if tr.extra}
+    if extra:
+        parts += [
+            "## Pose inputs",
+            "",
+            "The model is given poses. poseedit: PA-MPJPE of the edited pose to the target over that of *no edit* "
+            "(answer pose A) and of the caption nearest neighbour (issue 17's target: ≤ 0.7). pose2text and "
+            "posediff: BLEU-1/4 and ROUGE-L (×100) of the answer against the reference text; pose2text's R^P2T "
+            "is in the retrieval table (generated captions against the input poses; the ground-truth row is the "
+            "reference captions' ceiling); posediff's pair recall ranks the N test pairs by the cosine similarity "
+            "of the answer's text embedding to each pair's reference modifier (chance K / N).",
+            "",
+        ]
+        body = [
+            [task, name, _fmt(value, decimals)]
+            for task, values in extra.items()
+            for name, value in values.items()
+        ]
+        parts += [markdown_table(["task", "metric", "value"], body), ""]
+
     notes = [(task, n) for task, tr in result.tasks.items() for n in tr.notes]
     if notes or result.skipped:
         parts += ["## Notes", ""]
@@ -228,7 +255,10 @@ def render_markdown(
         parts.append("")
 
     if examples:
-        parts += ["## Examples (best, median, worst by the model's PA-MPJPE)", ""]
+        parts += [
+            "## Examples (best, median, worst by the model's PA-MPJPE; tasks answered in words: first, middle, last rows)",
+            "",
+        ]
         for task, cases in examples.items():
             parts.append(f"### {task}")
             parts.append("")

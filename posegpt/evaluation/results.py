@@ -26,6 +26,7 @@ MEAN_POSE = "mean_pose"
 NEAREST = "nearest_neighbour"
 GT_CROP = "model_gt_crop"
 DETECTED_CROP = "model_detected_crop"
+NO_EDIT = "no_edit"
 GT = "gt"
 METHOD_TITLES: dict[str, str] = {
     MODEL: "model",
@@ -33,6 +34,7 @@ METHOD_TITLES: dict[str, str] = {
     NEAREST: "nearest neighbour (caption)",
     GT_CROP: "model, ground-truth crop",
     DETECTED_CROP: "model, detected crop",
+    NO_EDIT: "no edit (pose A)",
     GT: "ground-truth poses (ceiling)",
 }
 
@@ -73,6 +75,11 @@ class TaskResult:
     joints: np.ndarray | None = None
     """(N, 14, 3) ground-truth joints (metres) of a joints-only source, whose rows have no pose."""
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
+    """Task-specific numbers beyond the pose tables (pose-input tasks: BLEU/ROUGE, pair recall, ratios to
+    the *no edit* baseline), logged as ``<task>/<name>``."""
+    answers: list[str] | None = None
+    """The model's answer text per row (pose-input tasks), for the per-sample report."""
 
 
 @dataclass
@@ -111,7 +118,8 @@ class EvalResult:
                     for name, value in mr.recalls.as_metrics().items():
                         out[metric_key(prefix + name)] = value
                 if method == MODEL:
-                    out[metric_key(f"{task}/missing_pose_rate")] = mr.missing_poses / max(len(tr.rows), 1)
+                    if mr.scores.values:  # a task answered in words has no pose to miss
+                        out[metric_key(f"{task}/missing_pose_rate")] = mr.missing_poses / max(len(tr.rows), 1)
                     for group_kind, groups in (("by_source", mr.by_source), ("by_type", mr.by_type)):
                         for group, values in groups.items():
                             for name, value in values.items():
@@ -119,6 +127,8 @@ class EvalResult:
             if tr.gt_recalls is not None:
                 for name, value in tr.gt_recalls.as_metrics().items():
                     out[metric_key(f"{task}/{GT}/{name}")] = value
+            for name, value in tr.extra.items():
+                out[metric_key(f"{task}/{name}")] = value
             out[metric_key(f"{task}/samples")] = float(len(tr.rows))
         out["samples_per_second"] = self.samples_per_second
         out["predict_seconds"] = self.predict_seconds

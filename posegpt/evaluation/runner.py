@@ -10,7 +10,8 @@
    training data and config are unchanged).
 3. Model answers through Ray Data actors (``predict.py``), per task; for RPE also
    with the ground-truth crop when rows carry a box.
-4. Scores of the model and the baselines, retrieval recalls, groups.
+4. Scores of the model and the baselines, retrieval recalls, groups; the pose-input
+   tasks (``pose2text``, ``posediff``, ``poseedit``) in ``pose_inputs.py``.
 5. The report folder and an MLflow run linked to the training run.
 """
 
@@ -32,9 +33,16 @@ from posegpt.data.templates import DEFAULT_PRESET
 from posegpt.evaluation import tracking_links as links
 from posegpt.evaluation.baselines import NearestNeighbour, mean_pose
 from posegpt.evaluation.checkpoint_check import CheckpointInfo, check_checkpoint
-from posegpt.evaluation.config import RECALL_TASKS, SHARD_PROMPTS, TEXT_TASKS, EvalConfig
+from posegpt.evaluation.config import (
+    POSE_INPUT_EVAL_TASKS,
+    RECALL_TASKS,
+    SHARD_PROMPTS,
+    TEXT_TASKS,
+    EvalConfig,
+)
 from posegpt.evaluation.examples import CASES, BodyRenderer, pick_cases, read_images, render_example
 from posegpt.evaluation.joints_source import read_spin_joints, write_query_shard
+from posegpt.evaluation.pose_inputs import render_pose_input_examples, score_pose_input_task
 from posegpt.evaluation.predict import (
     DETECTED_CROP_VARIANT,
     GT_CROP_VARIANT,
@@ -57,6 +65,7 @@ from posegpt.evaluation.results import (
 )
 from posegpt.evaluation.scoring import PoseScorer, grouped_means, load_h36m_regressor
 from posegpt.evaluation.shards import (
+    TEXT_ANSWER_TASKS,
     ShardError,
     TaskRows,
     list_shard_files,
@@ -151,13 +160,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     means: dict[str, np.ndarray] = {}
     for task in [*tasks, *joint_tasks]:
+        if task in TEXT_ANSWER_TASKS:
+            continue  # answered in words: no pose to stand in for
         source = _mean_pose_task(cfg, task, joint_tasks)
         if source not in means:
             means[source] = mean_pose(train_of(source).poses)
 
     # 2. retrieval model -----------------------------------------------------------------
-    needs_retrieval = any(t in RECALL_TASKS for t in tasks) or (
-        cfg.baselines.nearest_neighbour and any(t in TEXT_TASKS for t in tasks)
+    needs_retrieval = any(t in RECALL_TASKS or t in TEXT_ANSWER_TASKS for t in tasks) or (
+        cfg.baselines.nearest_neighbour and any(t in TEXT_TASKS or t == "poseedit" for t in tasks)
     )
     retrieval: TextPoseRetrieval | None = None
     retrieval_dir: Path | None = None
@@ -191,7 +202,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             rows.files,
             rows.sample_ids,
             complete=rows.complete,
-            prompt_preset=preset,
+            # Every preset phrases the pose-input tasks alike: they are asked as the shard wrote them.
+            prompt_preset=None if task in POSE_INPUT_EVAL_TASKS else preset,
             prompt_seed=cfg.seed,
         )
         for task, rows in tasks.items()
@@ -270,6 +282,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             cfg, result.tasks[name], predictions[name], means[_mean_pose_task(cfg, name, joint_tasks)], scorer
         )
     for task, rows in tasks.items():
+        if task in POSE_INPUT_EVAL_TASKS:
+            score_pose_input_task(
+                result.tasks[task],
+                predictions[task],
+                scorer,
+                retrieval,
+                lambda task=task: train_of(task, need_captions=True),
+                means.get(cfg.baselines.mean_pose_from.get(task, task)) if cfg.baselines.mean_pose else None,
+                cfg.baselines.nearest_neighbour,
+            )
+            if task in TEXT_ANSWER_TASKS:
+                result.tasks[task].notes.append(_text_summary(result.tasks[task], len(rows)))
+            continue
         _score_task(
             cfg,
             result.tasks[task],
@@ -349,6 +374,21 @@ def _score_task(
         f"{task}: "
         + ", ".join(f"{m} PA-MPJPE {r.means()['pa_mpjpe']:.1f} mm" for m, r in tres.methods.items())
     )
+
+
+def _text_summary(tres: TaskResult, n: int) -> str:
+    extra = tres.extra
+    line = (
+        f"{n} answers in words: BLEU-1 {extra['bleu1']:.1f}, BLEU-4 {extra['bleu4']:.1f}, "
+        f"ROUGE-L {extra['rougeL']:.1f} against the reference"
+    )
+    if "pair_r_10" in extra:
+        line += (
+            f"; pair recall (the model's text retrieves its own pair among the {n} by the reference modifiers) "
+            f"R@10 {extra['pair_r_10']:.1f} % (chance {extra['pair_r_10_chance']:.1f} %)"
+        )
+    _log(f"{tres.task}: {line}")
+    return line
 
 
 def _mean_pose_task(cfg: EvalConfig, task: str, joint_tasks: dict[str, TaskRows]) -> str:
@@ -502,6 +542,9 @@ def _render_examples(
     for task, tres in result.tasks.items():
         if tres.joints is not None:
             continue  # no ground-truth pose to draw
+        if task in POSE_INPUT_EVAL_TASKS:
+            out[task] = render_pose_input_examples(tres, renderer, report_dir)
+            continue
         rows = tres.rows
         model = tres.methods[MODEL]
         cases = pick_cases(model.scores.values["pa_mpjpe"])

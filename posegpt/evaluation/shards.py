@@ -19,10 +19,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from posegpt.body.skeleton import POSE_DIM
+from posegpt.data.schema import POSE_INPUT_TASKS, POSE_INPUT_TOKEN
 from posegpt.data.templates import expand, stable_hash
 from posegpt.storage import StorageConfig, arrow_filesystem, join
 
 POSE_TOKEN = "<POSE>"
+TEXT_ANSWER_TASKS: frozenset[str] = frozenset(
+    t for t, (_, outputs) in POSE_INPUT_TASKS.items() if outputs == 0
+)
+"""Pose-input tasks answered in words (``pose2text``, ``posediff``): the last answer's text is the reference."""
 GT_COLUMNS: tuple[str, ...] = (
     "sample_id",
     "task",
@@ -54,13 +59,20 @@ class TaskRows:
     sample_ids: list[str]
     sources: list[str]
     poses: np.ndarray
-    """(N, 72) ground-truth pose of each row's first ``<POSE>``."""
+    """(N, 72) ground-truth pose of each row's first ``<POSE>``; for the tasks answered in words
+    (``TEXT_ANSWER_TASKS``) the first input pose, the pose described."""
     prompts: list[list[dict[str, str]]]
-    """Conversation turns before the first assistant turn holding ``<POSE>`` (ends with a user turn)."""
+    """Conversation turns before the first assistant turn holding ``<POSE>`` (ends with a user turn); for
+    the pose-input tasks the turns before the last assistant turn."""
     captions: list[str | None]
     meta: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = True
     """Every row of ``files`` is here (False when cut to ``max_rows``)."""
+    inputs: list[np.ndarray] = field(default_factory=list)
+    """Per row, the (k, 72) poses its prompt gives the model (one per ``<POSE_IN>``, in order); (0, 72) for
+    rows without pose inputs. Empty list: no row was read with inputs (pose-answer tasks)."""
+    references: list[str] = field(default_factory=list)
+    """``TEXT_ANSWER_TASKS``: each row's reference answer (the caption or modifier text); else empty."""
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -103,6 +115,8 @@ class TaskRows:
             [self.captions[i] for i in ids],
             [self.meta[i] for i in ids],
             complete=self.complete and len(set(ids)) == len(self),
+            inputs=[self.inputs[i] for i in ids] if self.inputs else [],
+            references=[self.references[i] for i in ids] if self.references else [],
         )
 
     def subset_per_source(self, n: int, seed: int) -> TaskRows:
@@ -115,7 +129,10 @@ class TaskRows:
         return self.take(np.sort(np.concatenate(keep)))
 
     def rephrased(self, preset: str, seed: int) -> TaskRows:
-        """The same rows asked with ``preset``'s question (``question_for``)."""
+        """The same rows asked with ``preset``'s question (``question_for``); pose-input tasks as written
+        (every preset phrases them alike)."""
+        if self.task in POSE_INPUT_TASKS:
+            return self
         prompts = [
             question_for(self.task, c, s, preset, seed)
             for s, c in zip(self.sample_ids, self.captions, strict=True)
@@ -225,6 +242,8 @@ def _parse_rows(
     rows: Sequence[dict[str, Any]], task: str, split: str, files: list[str], need_captions: bool
 ) -> TaskRows:
     ids, sources, poses, prompts, captions, metas = [], [], [], [], [], []
+    inputs: list[np.ndarray] = []
+    references: list[str] = []
     seen: set[str] = set()
     for row in rows:
         sid = str(row["sample_id"])
@@ -237,11 +256,19 @@ def _parse_rows(
                 f"{task}/{split}: sample {sid!r} has no ground-truth pose; pose metrics need one per row "
                 f"(shards in {files[0].rsplit('/', 1)[0]})"
             )
-        pose = np.asarray(pose_list[0], dtype=np.float32)
-        if pose.shape != (POSE_DIM,) or not np.isfinite(pose).all():
+        all_poses = np.asarray(pose_list, dtype=np.float32)
+        if all_poses.ndim != 2 or all_poses.shape[1] != POSE_DIM or not np.isfinite(all_poses).all():
             raise ShardError(
-                f"{task}/{split}: sample {sid!r} has a malformed pose (shape {pose.shape} or non-finite)"
+                f"{task}/{split}: sample {sid!r} has a malformed pose (shape {all_poses.shape} or non-finite)"
             )
+        conversation = row.get("conversation") or []
+        if task in POSE_INPUT_TASKS:
+            prompt, given, answered, reference = split_pose_input_row(conversation, all_poses, task, sid)
+            inputs.append(given)
+            references.append(reference)
+            pose = answered[0] if len(answered) else given[0]
+        else:
+            prompt, pose = prompt_turns(conversation, sid), all_poses[0]
         caption = row.get("caption")
         if need_captions and not (caption and str(caption).strip()):
             raise ShardError(
@@ -254,10 +281,22 @@ def _parse_rows(
         ids.append(sid)
         sources.append(str(row.get("source") or "unknown"))
         poses.append(pose)
-        prompts.append(prompt_turns(row.get("conversation") or [], sid))
+        prompts.append(prompt)
         captions.append(str(caption) if caption else None)
         metas.append(meta if isinstance(meta, dict) else {})
-    return TaskRows(task, split, files, ids, sources, np.stack(poses), prompts, captions, metas)
+    return TaskRows(
+        task,
+        split,
+        files,
+        ids,
+        sources,
+        np.stack(poses),
+        prompts,
+        captions,
+        metas,
+        inputs=inputs,
+        references=references,
+    )
 
 
 def prompt_turns(conversation: Sequence[dict[str, Any]], sample_id: str) -> list[dict[str, str]]:
@@ -271,6 +310,62 @@ def prompt_turns(conversation: Sequence[dict[str, Any]], sample_id: str) -> list
     raise ShardError(
         f"sample {sample_id!r}: no assistant turn holds {POSE_TOKEN}, so there is nothing to ask the model"
     )
+
+
+def pose_slots(turns: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """(turn index, is input) of every pose token in conversation order: ``<POSE_IN>`` in user turns,
+    ``<POSE>`` in assistant turns; a row's ``poses`` lists one pose per slot."""
+    slots = []
+    for i, turn in enumerate(turns):
+        user = turn["role"] == "user"
+        slots += [(i, user)] * str(turn["content"]).count(POSE_INPUT_TOKEN if user else POSE_TOKEN)
+    return slots
+
+
+def query_of(
+    conversation: Sequence[dict[str, Any]], poses: Any, task: str, sample_id: str
+) -> tuple[list[dict[str, str]], np.ndarray]:
+    """The turns the model answers and the input poses they hold ((k, 72), ``<POSE_IN>`` order).
+
+    Pose-answer tasks: the turns before the first assistant turn holding ``<POSE>``; the pose-input
+    tasks: the turns before the last assistant turn (the answer scored, after any history).
+    """
+    turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in conversation]
+    if task in POSE_INPUT_TASKS:
+        answer = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=-1)
+        if answer <= 0:
+            raise ShardError(f"sample {sample_id!r}: no assistant turn answers the {task} question")
+        prompt = turns[:answer]
+    else:
+        prompt = prompt_turns(turns, sample_id)
+    slots = pose_slots(turns)
+    pose_array = np.zeros((0, POSE_DIM), np.float32) if poses is None else np.asarray(list(poses), np.float32)
+    asked = [k for k, (turn, _) in enumerate(slots) if turn < len(prompt)]
+    if len(pose_array) < len(asked):
+        raise ShardError(
+            f"sample {sample_id!r}: the turns asked hold {len(asked)} pose tokens (<POSE_IN> and <POSE>) "
+            f"but poses holds {len(pose_array)}"
+        )
+    given = [k for k in asked if slots[k][1]]
+    return prompt, pose_array[given].reshape(-1, POSE_DIM)
+
+
+def split_pose_input_row(
+    conversation: Sequence[dict[str, Any]], poses: np.ndarray, task: str, sample_id: str
+) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray, str]:
+    """A pose-input row as (prompt turns, input poses (k, 72), answered poses of the scored turn (m, 72),
+    reference text of the scored turn); ShardError when it lacks the inputs or answers its task needs."""
+    prompt, given = query_of(conversation, poses, task, sample_id)
+    need_in, need_out = POSE_INPUT_TASKS[task]
+    answer = dict(conversation[len(prompt)])
+    slots = pose_slots([*conversation[: len(prompt) + 1]])
+    answered = np.asarray(poses, np.float32)[[k for k, (turn, _) in enumerate(slots) if turn == len(prompt)]]
+    if len(given) < need_in or len(answered) < need_out:
+        raise ShardError(
+            f"sample {sample_id!r}: a {task} row needs {need_in} input poses and {need_out} answered ones, "
+            f"its scored turn has {len(given)} and {len(answered)}"
+        )
+    return prompt, given, answered.reshape(-1, POSE_DIM), str(answer["content"])
 
 
 def read_manifest(shard_root: str, storage: StorageConfig | None = None) -> dict[str, Any] | None:

@@ -17,9 +17,10 @@ from typing import Any
 
 Row = dict[str, Any]
 
-TASKS: tuple[str, ...] = ("image2pose", "text2pose", "vqa", "spg", "rpe")
-"""Tasks mixed in training, in the order their rows appear inside a batch (``spg`` and ``rpe`` last, so that
-ratios naming only the first three split as before)."""
+TASKS: tuple[str, ...] = ("image2pose", "text2pose", "vqa", "spg", "rpe", "pose2text", "posediff", "poseedit")
+"""Tasks mixed in training, in the order their rows appear inside a batch. Later tasks come after earlier ones
+(``spg`` and ``rpe``, then the pose-input tasks), so that ratios naming only earlier tasks split as before
+(largest-remainder ties go to the earlier task)."""
 
 
 class EmptySourceError(RuntimeError):

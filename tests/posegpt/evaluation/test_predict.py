@@ -37,6 +37,7 @@ def test_read_shard_files(eval_shards: Path) -> None:
         "image",
         "meta",
         "caption",
+        "poses",
         "task",
         "variant",
     }

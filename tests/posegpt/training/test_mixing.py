@@ -78,7 +78,7 @@ def test_leftover_rows_go_to_the_largest_remainder_then_the_earlier_task():
 
 def test_bad_ratios_are_rejected_with_the_reason():
     with pytest.raises(ValueError, match="unknown tasks"):
-        split_counts(16, {"image2pose": 1, "pose2text": 1})
+        split_counts(16, {"image2pose": 1, "person_crop": 1})
     with pytest.raises(ValueError, match="weight 0"):
         split_counts(16, {"image2pose": 0})
     with pytest.raises(ValueError, match=r"too small.*vqa"):
@@ -144,3 +144,12 @@ def test_tasks_with_weight_zero_are_not_read():
     assert [r["task"] for r in mixer.next_batch()] == ["image2pose"] * 4
     with pytest.raises(ValueError, match="no data source"):
         TaskMixer({}, {"vqa": 2})
+
+
+def test_pose_input_tasks_join_the_mix_after_the_others():
+    """The pose-input tasks come last in ``TASKS``: a ratio without them splits as before they existed."""
+    assert TASKS[-3:] == ("pose2text", "posediff", "poseedit")
+    old = {"image2pose": 2, "text2pose": 3, "vqa": 1, "spg": 1, "rpe": 1}
+    assert split_counts(8, old) == {"image2pose": 2, "text2pose": 3, "vqa": 1, "spg": 1, "rpe": 1}
+    counts = split_counts(24, {**old, "pose2text": 1, "poseedit": 2, "posediff": 1})
+    assert counts == {**{t: 2 * w for t, w in old.items()}, "pose2text": 2, "posediff": 2, "poseedit": 4}
