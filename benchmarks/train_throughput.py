@@ -74,6 +74,8 @@ def fit_once(preset: Path, overrides: list[str]) -> dict[str, Any]:
                 "train/samples_per_s",
                 "train/tokens_per_s",
                 "train/step_time_s",
+                "perf/data_wait_s",
+                "perf/data_wait_share",
                 "gpu/peak_memory_gb",
                 "model/params_total",
                 "model/params_trainable",

@@ -40,6 +40,14 @@ class DataSection:
     """Rows in each worker's local shuffle buffer per task (0: stream order)."""
     read_cpus: float = 0.25
     """CPUs Ray reserves per Parquet read task; keep it below what the training workers leave free."""
+    encode_on: Literal["ray_data", "worker"] = "ray_data"
+    """Where training rows are decoded and tokenised: ``ray_data``: a ``map_batches`` stage on CPU actors ahead of the training loop (the worker only pads and stacks); ``worker``: inside the training loop, on the training worker. Validation rows are always encoded on the worker."""
+    encode_actors: int = 1
+    """Encoding actors per task with ``encode_on: ray_data`` (each task's Dataset has its own pool)."""
+    encode_cpus: float = 0.1
+    """CPUs each encoding actor reserves; all tasks' actors plus one read task must fit in what the training workers leave free."""
+    encode_batch_size: int = 16
+    """Rows an encoding actor encodes per call."""
 
 
 @dataclass
@@ -190,6 +198,8 @@ class TrainConfig:
         errors: list[str] = []
         positive = {
             "data.batch_size_per_worker": self.data.batch_size_per_worker,
+            "data.encode_actors": self.data.encode_actors,
+            "data.encode_batch_size": self.data.encode_batch_size,
             "schedule.max_steps": self.schedule.max_steps,
             "engine.grad_accumulation": self.engine.grad_accumulation,
             "scaling.num_workers": self.scaling.num_workers,
@@ -212,6 +222,8 @@ class TrainConfig:
             errors.append(f"engine.grad_clip must be >= 0, got {self.engine.grad_clip}")
         if self.data.read_cpus <= 0:
             errors.append(f"data.read_cpus must be > 0, got {self.data.read_cpus}")
+        if self.data.encode_cpus <= 0:
+            errors.append(f"data.encode_cpus must be > 0, got {self.data.encode_cpus}")
         bad_tasks = sorted(set(self.validation.tasks) - set(POSE_TASKS))
         if bad_tasks:
             errors.append(f"validation.tasks {bad_tasks} are not pose tasks {list(POSE_TASKS)}")

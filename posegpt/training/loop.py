@@ -2,10 +2,15 @@
 
 Each worker builds the model, wraps it with ``deepspeed.initialize``, restores
 the latest checkpoint when Ray hands one over (a restart or a rerun of the same
-run name), streams its share of the three task datasets, composes each batch by
-the task ratio, and collates rows into tensors itself (image decoding and
-tokenisation happen here, on the workers, never on the driver). A NaN loss or a
-row that cannot be collated stops all ranks at the same step (``guard``).
+run name), streams its share of each task's dataset and composes each batch by the task
+ratio. Where rows are decoded and tokenised is ``data.encode_on``: with
+``ray_data`` (the default) Ray Data's CPU actors did it ahead of the loop
+(``posegpt.training.encoding``) and the worker only pads and stacks the encoded
+rows; with ``worker`` the worker collates raw rows itself, inside the step.
+Never on the driver. Validation rows are always collated here. Each step logs
+the share of its time spent waiting for its batch (``perf/data_wait_share``). A
+NaN loss or a row that cannot be encoded stops all ranks at the same step,
+naming the rows (``guard``).
 Every ``checkpoint.every`` steps the ranks save the model checkpoint plus the
 DeepSpeed and data state and report it to Ray Train; rank 0 logs to MLflow.
 """
@@ -115,6 +120,16 @@ class Worker:
         # A restored checkpoint overwrites the iteration with its own.
         self.scheduler.step()
         self.collate = Collator.for_model(model)
+        if self.cfg.data.encode_on == "ray_data":
+            from posegpt.training.encoding import check_same_encoding, encoding_collator, stack_records
+
+            # The actors rebuilt this collator without the model: a difference would train on wrong ids.
+            check_same_encoding(
+                self.collate, encoding_collator(self.cfg.model, self.cache_dir, self.cfg.storage)
+            )
+            self.make_batch = lambda rows: stack_records(self.collate, rows)
+        else:
+            self.make_batch = self.collate
 
     def load_engine_state(self, folder: Path, saved_world: int) -> None:
         """DeepSpeed state of a checkpoint: trainable weights, optimizer, LR schedule.
@@ -201,16 +216,21 @@ class Worker:
         import torch
 
         t0 = time.perf_counter()
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, text, pose, micro-batches, samples, tokens
+        # loss, text, pose, micro-batches, samples, tokens, seconds waiting for the batch
+        sums = torch.zeros(7, dtype=torch.float64)
         lr = float(self.engine.get_lr()[0])
         for _ in range(self.cfg.engine.grad_accumulation):
+            # Data wait: from asking for rows to holding the batch's tensors (with encode_on=worker
+            # that includes decoding and tokenising, which is what the Ray Data stage takes away).
+            t_data = time.perf_counter()
             rows = self.mixer.next_batch()
             ids = [str(r.get("sample_id")) for r in rows]
             batch, reason = None, None
             try:
-                batch = self.collate(rows)
+                batch = self.make_batch(rows)
             except Exception as exc:  # any collate failure is a problem of these rows
                 reason = StopReason("bad_batch", step, self.rank, f"{type(exc).__name__}: {exc}", ids)
+            waited = time.perf_counter() - t_data
             stop = any_rank_failed(reason, self.world)
             if stop:
                 return stop
@@ -236,6 +256,7 @@ class Worker:
                     1.0,
                     float(len(rows)),
                     float(batch["attention_mask"].sum()),
+                    waited,
                 ],
                 dtype=torch.float64,
             )
@@ -243,6 +264,7 @@ class Worker:
         self.state.samples_seen += int(totals[4])
         elapsed = time.perf_counter() - t0
         n = max(float(totals[3]), 1.0)
+        data_wait = float(totals[6]) / self.world  # the ranks' mean
         extra = {}
         if self.device.type == "cuda":
             extra["gpu/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -255,6 +277,8 @@ class Worker:
             "train/samples_per_s": float(totals[4]) / elapsed,
             "train/tokens_per_s": float(totals[5]) / elapsed,
             "train/step_time_s": elapsed,
+            "perf/data_wait_s": data_wait,
+            "perf/data_wait_share": data_wait / elapsed,
         }
 
     def shared_start_token(self) -> int:

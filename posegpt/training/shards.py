@@ -121,14 +121,25 @@ def open_datasets(
     read_cpus: float,
     storage: StorageConfig | None = None,
 ) -> dict[str, Any]:
-    """One Ray Dataset per task over ``<root>/<task>/<split>/*.parquet`` (lazy: nothing read yet)."""
+    """One Ray Dataset per task over ``<root>/<task>/<split>/*.parquet`` (lazy: nothing read yet).
+
+    The files are listed here, so the datasets read them through Ray Data's first Parquet
+    datasource: the newer one lists them again in a task that reserves a whole CPU per dataset
+    and epoch, which never starts while the training workers and encoding actors hold the rest.
+    """
     import ray.data
 
+    context = ray.data.DataContext.get_current()
+    # A Dataset keeps a copy of the context it was made under: the setting stays with these datasets.
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
     datasets = {}
-    for task in tasks:
-        fs, _ = arrow_filesystem(shard_root, storage)
-        files = list_files(shard_root, task, split, storage)
-        datasets[task] = ray.data.read_parquet(files, filesystem=fs, num_cpus=read_cpus)
+    try:
+        for task in tasks:
+            fs, _ = arrow_filesystem(shard_root, storage)
+            files = list_files(shard_root, task, split, storage)
+            datasets[task] = ray.data.read_parquet(files, filesystem=fs, num_cpus=read_cpus)
+    finally:
+        context.use_datasource_v2 = v2
     return datasets
 
 

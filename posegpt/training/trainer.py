@@ -4,8 +4,10 @@ Everything that can be checked before a worker starts is checked here, with
 errors that name the file or setting: the shard folder and its manifest's schema
 version, every task the mix reads having rows, the S3 endpoints answering, the
 config's keys (``load_config`` already rejects unknown ones), enough CPUs left
-for Ray Data's readers. Then one Ray Dataset per task goes to a ``TorchTrainer``
-(Ray Train V2) whose workers run ``posegpt.training.loop.train_loop_per_worker``.
+for Ray Data's readers and encoding actors. Then one Ray Dataset per task (with
+``data.encode_on: ray_data``, ending in the ``posegpt.training.encoding`` stage that
+decodes and tokenises rows on CPU actors) goes to a ``TorchTrainer`` (Ray Train V2)
+whose workers run ``posegpt.training.loop.train_loop_per_worker``.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def with_mean_pose_head(cfg: TrainConfig) -> TrainConfig:
 
 
 def check_cluster(cfg: TrainConfig) -> None:
-    """Ray Data needs CPUs the training workers leave free, or reading never starts."""
+    """Ray Data needs CPUs the training workers leave free, or reading (and encoding) never starts."""
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 0.0))
@@ -167,6 +169,17 @@ def check_cluster(cfg: TrainConfig) -> None:
             f"{needed:g}: Ray Data needs at least 1 CPU left to read the shards, or training waits forever. "
             "Lower scaling.resources_per_worker.CPU (e.g. 0.5) or add CPUs"
         )
+    if cfg.data.encode_on == "ray_data":
+        tasks = len(cfg.active_tasks())
+        encoding = tasks * cfg.data.encode_actors * cfg.data.encode_cpus
+        if total - needed < encoding + cfg.data.read_cpus:
+            raise PreflightError(
+                f"the Ray cluster has {total:g} CPUs, the training workers reserve {needed:g}, and the encoding "
+                f"actors ({tasks} tasks x data.encode_actors {cfg.data.encode_actors} x data.encode_cpus "
+                f"{cfg.data.encode_cpus:g}) plus one read task (data.read_cpus {cfg.data.read_cpus:g}) need "
+                f"{encoding + cfg.data.read_cpus:g}: the actors would never all start. Lower data.encode_cpus "
+                "or data.encode_actors, or set data.encode_on=worker"
+            )
 
 
 def _storage_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -204,6 +217,23 @@ def build_trainer(cfg: TrainConfig, manifest: dict[str, Any]) -> Any:
     datasets = open_datasets(
         cfg.data.shard_root, cfg.active_tasks(), cfg.data.train_split, cfg.data.read_cpus, cfg.storage
     )
+    if cfg.data.encode_on == "ray_data":
+        from posegpt.runtime import DEFAULT_CACHE_DIR
+        from posegpt.training.encoding import encode_dataset
+
+        # Decoding and tokenising on CPU actors: the training step only pads and stacks.
+        datasets = {
+            task: encode_dataset(
+                ds,
+                cfg.model,
+                str(cfg.cache_dir or DEFAULT_CACHE_DIR),
+                cfg.storage,
+                actors=cfg.data.encode_actors,
+                cpus=cfg.data.encode_cpus,
+                batch_size=cfg.data.encode_batch_size,
+            )
+            for task, ds in datasets.items()
+        }
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dataclasses.asdict(payload),
