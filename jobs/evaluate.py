@@ -102,6 +102,8 @@ def summary(result: EvalResult) -> str:
     for task, tres in result.tasks.items():
         for method, mr in tres.methods.items():
             m = mr.means()
+            if not m:
+                continue  # answered in words (pose2text): its numbers follow
             # Joints-only sources (H36M protocol 2) have the 14-joint pair and no rotation error.
             numbers = [
                 f"{title} {m[key]:7.1f}{unit}"
@@ -116,6 +118,10 @@ def summary(result: EvalResult) -> str:
             f"R^T2P@5/10/20 {row['r_t2p_5']:.1f}/{row['r_t2p_10']:.1f}/{row['r_t2p_20']:.1f}  "
             f"R^P2T@5/10/20 {row['r_p2t_5']:.1f}/{row['r_p2t_10']:.1f}/{row['r_p2t_20']:.1f}"
         )
+    for task, tres in result.tasks.items():
+        if tres.extra:
+            numbers = ", ".join(f"{name} {value:.2f}" for name, value in tres.extra.items())
+            lines.append(f"  {task:<10} {numbers}")
     lines.append(f"  {result.samples} answers at {result.samples_per_second:.2f} samples/s")
     if result.report_dir is not None:
         lines.append(f"  report: {result.report_dir / 'report.md'}")

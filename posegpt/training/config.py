@@ -18,8 +18,8 @@ from posegpt.storage import StorageConfig, is_s3
 from posegpt.tracking import TrackingConfig
 from posegpt.training.mixing import TASKS, split_counts
 
-POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe")
-"""Tasks whose answers carry a pose: the ones validation measures."""
+POSE_TASKS: tuple[str, ...] = ("image2pose", "text2pose", "spg", "rpe", "poseedit")
+"""Tasks whose answers carry a pose: the ones validation measures (``poseedit``: the edited pose B)."""
 
 
 @dataclass

@@ -398,8 +398,8 @@ class Worker:
         from posegpt.model.checkpoint import (
             ADAPTER_DIR,
             CONFIG_FILE,
+            OPTIONAL_FILES,
             POSE_HEAD_FILE,
-            POSE_PROJECTOR_FILE,
             TOKENIZER_DIR,
         )
 
@@ -410,8 +410,10 @@ class Worker:
                 shutil.copytree(folder / name, model_dir / name)
             for name in (POSE_HEAD_FILE, CONFIG_FILE):
                 shutil.copy2(folder / name, model_dir / name)
-            if (folder / POSE_PROJECTOR_FILE).is_file():  # only a model with a pose encoder has one
-                shutil.copy2(folder / POSE_PROJECTOR_FILE, model_dir / POSE_PROJECTOR_FILE)
+            # The pose encoder's projector and the pose input encoder: only some models have them.
+            for name in OPTIONAL_FILES:
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, model_dir / name)
             version = self.logger.log_final_model(model_dir, checkpoint_uri)
         if version is not None:
             self.logger.set_tags({"posegpt.registered_version": version})

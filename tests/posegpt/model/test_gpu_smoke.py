@@ -70,6 +70,14 @@ def test_llava_7b_shaped_forward_backward_bf16() -> None:
             "image": None,
             "poses": [(np.random.default_rng(0).normal(size=72) * 0.3).tolist()],
         },
+        {  # a pose given as input (<POSE_IN>, the pose input encoder at width 4096) and edited
+            "conversation": [
+                {"role": "user", "content": "<POSE_IN> Raise the left arm."},
+                {"role": "assistant", "content": "Sure, <POSE>."},
+            ],
+            "image": None,
+            "poses": [np.zeros(72, np.float32).tolist(), np.full(72, 0.1, np.float32).tolist()],
+        },
     ]
     batch = Collator.for_model(model)(rows)
     torch.cuda.reset_peak_memory_stats()
@@ -81,7 +89,8 @@ def test_llava_7b_shaped_forward_backward_bf16() -> None:
     print(
         f"llava-1.5-7b-shaped (2 layers) bf16 forward+backward: loss {out.loss.item():.3f}, peak {peak:.2f} GiB"
     )
-    assert torch.isfinite(out.loss) and out.n_poses == 2
+    assert torch.isfinite(out.loss) and out.n_poses == 3
+    assert batch["pose_inputs"].shape == (1, 72) and model.pose_input is not None
     assert llava.dtype == torch.bfloat16
     params = dict(model.named_parameters())
     for name in trainable_parameter_names(model):
