@@ -292,3 +292,80 @@ def test_nan_loss_stops_every_rank_naming_step_and_samples(
     model = load_checkpoint(last)
     assert all(bool(p.isfinite().all()) for p in model.pose_head.parameters())
     assert (tmp_path / "runs" / "nan" / STOP_MARKER).is_file()
+
+
+def ray_data_overrides(
+    prepared_shards: Path, tiny_base_dir: Path, tmp_path: Path, run_name: str
+) -> list[str]:
+    """The short 2-worker tiny run with rows encoded by Ray Data's actors, untracked, on local storage."""
+    base = tiny_train_overrides(
+        shard_root=str(prepared_shards),
+        base_model=str(tiny_base_dir),
+        storage_path=str(tmp_path / "runs"),
+        run_name=run_name,
+        s3_endpoint=None,
+        tracking_uri=None,
+        status_dir=tmp_path / "status",
+    )
+    return [*base, "data.encode_on=ray_data", "validation.every=0", "failure.max_failures=0"]
+
+
+def test_rows_encoded_on_ray_data_train_and_resume_at_the_exact_positions(
+    ray_local, prepared_shards, tiny_base_dir, tmp_path
+):
+    """Two steps, then a rerun of the same run to four: every stream continues where it stopped."""
+    from posegpt.config import load_config
+    from posegpt.training.config import TrainConfig
+    from posegpt.training.trainer import latest_checkpoint, train
+
+    overrides = ray_data_overrides(prepared_shards, tiny_base_dir, tmp_path, "encoded")
+    first = train(load_config(TrainConfig, TINY_TRAIN_PRESET, [*overrides, "schedule.max_steps=2"]))
+    assert first.result.metrics["step"] == 2
+    assert 0.0 <= first.result.metrics["perf/data_wait_share"] < 1.0
+    cfg = load_config(TrainConfig, TINY_TRAIN_PRESET, [*overrides, "schedule.max_steps=4"])
+    train(cfg)
+    final = Path(latest_checkpoint(cfg) or "")
+    assert final.name.startswith("checkpoint_step0000004_start2_")
+    assert [s["start_step"] for s in json.loads((final / "train_state.json").read_text())["starts"]] == [0, 2]
+    for rank in (0, 1):
+        positions = json.loads((final / "data_state" / f"rank{rank}.json").read_text())
+        for task, per_step in cfg.task_counts().items():
+            rows = per_worker_rows(prepared_shards, task, 2)
+            assert (positions[task]["epoch"], positions[task]["position"]) == expected_position(
+                4 * per_step, rows
+            )
+
+
+def test_a_row_the_actors_cannot_encode_stops_training_naming_it(
+    ray_local, prepared_shards, tiny_base_dir, tmp_path
+):
+    """Every image2pose training image cut short: step 1 stops on every rank with the rows named."""
+    import shutil
+
+    import pyarrow as pa
+
+    from posegpt.config import load_config
+    from posegpt.training.config import TrainConfig
+    from posegpt.training.guard import TrainingStopped
+    from posegpt.training.trainer import latest_checkpoint, train
+
+    shards = tmp_path / "shards"
+    shutil.copytree(prepared_shards, shards)
+    bad_ids = set()
+    for f in (shards / "image2pose" / "train").glob("*.parquet"):
+        table = pq.read_table(f)
+        images = [None if b is None else b[: len(b) // 3] for b in table.column("image").to_pylist()]
+        bad_ids.update(table.column("sample_id").to_pylist())
+        column = table.schema.get_field_index("image")
+        pq.write_table(table.set_column(column, table.field("image"), pa.array(images, pa.binary())), f)
+    overrides = ray_data_overrides(shards, tiny_base_dir, tmp_path, "bad-rows")
+    cfg = load_config(TrainConfig, TINY_TRAIN_PRESET, [*overrides, "schedule.max_steps=2"])
+    with pytest.raises(TrainingStopped) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "training stopped at step 1 (bad_batch)" in message
+    assert "rank 0, step 1" in message and "rank 1, step 1" in message
+    assert "RowEncodingError" in message and "cannot decode image" in message
+    # The actors' message names the row itself (the guard adds every id of the batch after it).
+    assert any(f"sample {i}: field image: cannot decode image" in message for i in bad_ids)
+    assert latest_checkpoint(cfg) is None
