@@ -143,6 +143,20 @@ def test_workers_that_leave_no_cpu_to_ray_data_are_refused(tmp_path, ray_local):
     assert_no_run_started(tmp_path)
 
 
+def test_encoding_actors_that_cannot_all_start_are_refused(tmp_path, ray_local):
+    """Five tasks x 2 actors x 0.1 CPU + a 0.25-CPU read task exceed the one CPU 2 workers leave."""
+    from posegpt.training.trainer import check_cluster
+
+    root = write_shards(tmp_path / "shards", FULL)
+    cfg = config(tmp_path, root, "data.encode_on=ray_data", "data.encode_actors=2", "data.encode_cpus=0.1")
+    with pytest.raises(PreflightError, match=r"5 tasks x data.encode_actors 2 x data.encode_cpus 0.1\) plus"):
+        train(cfg)
+    assert_no_run_started(tmp_path)
+    # One actor per task fits, and encoding on the workers reserves nothing.
+    check_cluster(config(tmp_path, root, "data.encode_on=ray_data", "data.encode_actors=1"))
+    check_cluster(config(tmp_path, root, "data.encode_on=worker", "data.encode_actors=2"))
+
+
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_presets_hold_the_papers_settings(name):
     cfg = load_config(TrainConfig, PAPER[name])
