@@ -138,3 +138,25 @@ def test_ray_data_actors_encode_shard_rows_like_the_worker(
     got = stack_records(collate, [out[r["sample_id"]] for r in good])
     assert_same_batch(got, collate(good))
     assert np.isfinite(got["pixel_values"].numpy()).all()
+
+
+def test_actors_fetch_only_the_processor_files_of_an_s3_base_model(
+    s3_endpoint, tiny_base_dir: Path, tiny_model_config, model, tmp_path: Path
+) -> None:
+    """From ``s3://`` the actor's collator needs the tokenizer, processor and config, never the weights."""
+    import uuid
+
+    from posegpt.storage import StorageConfig, s3_client, upload_dir
+    from posegpt.training.encoding import WEIGHT_SUFFIXES, processor_dir
+
+    storage = StorageConfig(endpoint_url=s3_endpoint)
+    bucket = f"base-{uuid.uuid4().hex[:8]}"
+    s3_client(storage).create_bucket(Bucket=bucket)
+    upload_dir(tiny_base_dir, f"s3://{bucket}/models/tiny-llava", storage)
+    remote = dataclasses.replace(tiny_model_config, base_model=f"s3://{bucket}/models/tiny-llava")
+    folder = processor_dir(remote, tmp_path / "cache", storage)
+    fetched = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    local = {p.relative_to(tiny_base_dir) for p in tiny_base_dir.rglob("*") if p.is_file()}
+    assert fetched == {p for p in local if not p.name.endswith(WEIGHT_SUFFIXES)}
+    assert any(p.name.endswith(WEIGHT_SUFFIXES) for p in local)  # the test would not notice otherwise
+    check_same_encoding(Collator.for_model(model), encoding_collator(remote, tmp_path / "cache", storage))
