@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from posegpt.body.skeleton import POSE_DIM
 from posegpt.model.collate import Collator, EncodedRow
@@ -96,7 +97,11 @@ def check_carried_fields() -> None:
 
 
 def processor_dir(model: PoseGPTModelConfig, cache_dir: str | Path, storage: StorageConfig | None) -> Path:
-    """A local folder with the base model's tokenizer, processor and config (weights not fetched from S3)."""
+    """A local folder with the base model's tokenizer, processor and config (weights not fetched from S3).
+
+    From S3 the files are fetched at every call (an actor start): they are a few MB, and a cached
+    copy could outlive a changed tokenizer.
+    """
     from posegpt.model.loading import resolve_base_dir
 
     if not is_s3(model.base_model):
@@ -107,16 +112,12 @@ def processor_dir(model: PoseGPTModelConfig, cache_dir: str | Path, storage: Sto
     digest = hashlib.sha1(model.base_model.encode()).hexdigest()[:16]
     local = Path(cache_dir) / "s3-processor" / f"{(key.rstrip('/').rsplit('/', 1)[-1] or bucket)}-{digest}"
     fs, root = arrow_filesystem(model.base_model, storage)
-    import pyarrow.fs as pafs
-
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     files = [i for i in infos if i.type == pafs.FileType.File and not i.path.endswith(WEIGHT_SUFFIXES)]
     if not files:
         raise FileNotFoundError(f"no files under {model.base_model}")
     for info in files:
         target = local / info.path[len(root) :].lstrip("/")
-        if target.is_file() and target.stat().st_size == info.size:
-            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         # Several actors of a node may fetch at once: each writes its own file, the rename is atomic.
         with (
@@ -136,8 +137,9 @@ def encoding_collator(
     """The collator ``Collator.for_model`` gives for a model of ``model``, built without its weights.
 
     The tokenizer gets ``<POSE>`` (then ``<POSE_IN>`` when the model reads poses) as
-    ``posegpt.model.posegpt_model.assemble`` adds them; the image-token count comes from the LLaVA config and, with a pose encoder, from the encoder's
-    shape (built on the meta device: no memory, no weights).
+    ``posegpt.model.posegpt_model.assemble`` adds them; the image-token count comes from the
+    LLaVA config and, with a pose encoder, from the encoder's shape (built on the meta device:
+    no memory, no weights).
     """
     import torch
     from transformers import LlavaConfig
