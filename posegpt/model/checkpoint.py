@@ -186,13 +186,17 @@ def load_checkpoint(
     resize_for_tokenizer(llava, len(processor.tokenizer))
     with peft_wrapping():
         lm: Any = PeftModel.from_pretrained(llava, local / ADAPTER_DIR, is_trainable=trainable)
-    head = PoseHead(llava.config.text_config.hidden_size)
+    head = PoseHead(
+        llava.config.text_config.hidden_size,
+        input_norm=cfg.pose_head_input_norm,
+        norm_momentum=cfg.pose_head_norm_momentum,
+    )
     state = load_file(str(local / POSE_HEAD_FILE))
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(
-            f"checkpoint {path}: {POSE_HEAD_FILE} does not fit the base model's hidden size: {exc}"
+            f"checkpoint {path}: {POSE_HEAD_FILE} does not fit the base model's hidden size or model.pose_head_input_norm: {exc}"
         ) from exc
     pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
     if pathway is not None:

@@ -110,6 +110,10 @@ class PoseGPTModelConfig:
     """72 axis-angle values used when ``pose_head_init`` is ``mean``; empty: ``jobs/train.py`` computes the training mean pose from the shards."""
     pose_head_init_std: float = 1e-3
     """Standard deviation of the pose head's last-layer weights at initialisation (small, so every joint starts near its bias)."""
+    pose_head_input_norm: Literal["none", "running"] = "none"
+    """``running``: the head standardises each hidden feature with running statistics before its MLP (``posegpt.model.pose_head.RunningStandardizer``); ``none``: the paper's plain MLP."""
+    pose_head_norm_momentum: float = 0.05
+    """How far each training batch moves the running statistics of ``pose_head_input_norm: running`` (the first batch sets them)."""
 
     def validate(self) -> None:
         if not self.base_model:
@@ -120,6 +124,10 @@ class PoseGPTModelConfig:
             )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0.0 < self.pose_head_norm_momentum <= 1.0:
+            raise ValueError(
+                f"model.pose_head_norm_momentum must be in (0, 1], got {self.pose_head_norm_momentum}"
+            )
         if self.pose_loss_root_weight < 0:
             raise ValueError(f"model.pose_loss_root_weight must be >= 0, got {self.pose_loss_root_weight}")
         self.pose_encoder.validate()

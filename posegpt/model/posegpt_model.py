@@ -339,6 +339,8 @@ def assemble(llava: Any, processor: Any, cfg: PoseGPTModelConfig, *, lora: bool 
         init=cfg.pose_head_init,
         mean_pose=cfg.pose_head_mean_pose,
         init_std=cfg.pose_head_init_std,
+        input_norm=cfg.pose_head_input_norm,
+        norm_momentum=cfg.pose_head_norm_momentum,
     )
     pathway, cfg = build_pose_pathway(cfg, llava.config.text_config.hidden_size, llava.dtype)
     lm: nn.Module = apply_lora(llava, cfg, new_ids) if lora else llava

@@ -31,7 +31,7 @@ def test_export_loads_in_plain_transformers_with_the_same_logits(
 
     from posegpt.model.checkpoint import load_checkpoint
     from posegpt.model.collate import Collator
-    from posegpt.model.pose_head import PoseHead
+    from posegpt.model.pose_head import head_from_state
     from tests.fixtures.model import mixed_rows
 
     out = tmp_path / "merged"
@@ -70,8 +70,8 @@ def test_export_loads_in_plain_transformers_with_the_same_logits(
     torch.testing.assert_close(plain.logits[mask], expected[mask], atol=1e-4, rtol=1e-4)
 
     # The head beside the weights reads the merged model's hidden states to the same poses.
-    head = PoseHead(merged.config.text_config.hidden_size)
-    head.load_state_dict(load_file(str(out / "pose_head.safetensors")))
+    head = head_from_state(load_file(str(out / "pose_head.safetensors")), "exported pose head")
+    head.eval()
     index = batch["pose_index"]
     with torch.no_grad():
         poses = head.rotmats(plain.hidden_states[-1][index[:, 0], index[:, 1]])
