@@ -12,12 +12,16 @@ weights, a byte-level BPE tokenizer trained offline on a text corpus, a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from posegpt.model.config import LLAVA_V1_SYSTEM, TinyBaseConfig
+
+log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
@@ -184,22 +188,79 @@ def build_tiny_base(out_dir: str | Path, corpus: Iterable[str], cfg: TinyBaseCon
     processor.save_pretrained(out)
     (out / MARKER_FILE).write_text(
         json.dumps(
-            {"tiny": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "corpus_texts": len(texts)}
+            {
+                "tiny": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+                "corpus_texts": len(texts),
+                **corpus_record(texts, cfg),
+            }
         )
     )
     return out
 
 
+def fingerprint(corpus: Sequence[str], cfg: TinyBaseConfig) -> str:
+    """SHA-256 of the shape and a tokenizer training text."""
+    digest = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}).encode())
+    for text in corpus:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def corpus_record(texts: Sequence[str], cfg: TinyBaseConfig) -> dict[str, Any]:
+    """What the marker file records of a build's corpus: the fingerprint of the whole text, of the
+    project's templates in it (``None`` when it does not start with them) and how many texts a user added."""
+    default = default_corpus()
+    templated = list(texts[: len(default)]) == default
+    return {
+        "fingerprint": fingerprint(texts, cfg),
+        "templates": fingerprint(default, cfg) if templated else None,
+        "extra_texts": len(texts) - len(default) if templated else len(texts),
+    }
+
+
+def _marker(out_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(out_dir) / MARKER_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def is_built(out_dir: str | Path) -> bool:
-    return (Path(out_dir) / MARKER_FILE).is_file()
+    return _marker(out_dir) is not None
+
+
+def is_current(out_dir: str | Path, cfg: TinyBaseConfig, corpus: Sequence[str] | None = None) -> bool:
+    """A finished build of this shape from ``corpus`` (or, with ``None``, from the current templates
+    plus whatever texts its builder added) is at ``out_dir``."""
+    marker = _marker(out_dir)
+    if marker is None:
+        return False
+    if corpus is not None:
+        return marker.get("fingerprint") == fingerprint(corpus, cfg)
+    return marker.get("templates") == fingerprint(default_corpus(), cfg)
 
 
 def ensure_tiny_base(
     out_dir: str | Path, cfg: TinyBaseConfig | None = None, corpus: Sequence[str] | None = None
 ) -> Path:
-    """Build the tiny base at ``out_dir`` unless a finished build is already there."""
-    if is_built(out_dir):
+    """Build the tiny base at ``out_dir`` unless a build of this shape and corpus is already there.
+
+    A build from an older checkout's templates (its tokenizer lacks the current special tokens
+    or phrasings) is rebuilt. The weights come from the seed alone and every checkpoint carries
+    its own tokenizer, so checkpoints trained on the older build still load. A build that holds
+    a user's extra texts is never rebuilt without them: that is an error saying how to rebuild.
+    """
+    cfg = cfg or TinyBaseConfig()
+    if is_current(out_dir, cfg, corpus):
         return Path(out_dir)
+    marker = _marker(out_dir)
+    if marker is not None and corpus is None and marker.get("extra_texts", 0):
+        raise ValueError(
+            f"tiny base at {out_dir} was built from another shape or older templates plus "
+            f"{marker['extra_texts']} texts of a corpus file; rebuild it with them: "
+            f"python -m posegpt.model.tiny --out {out_dir} --corpus-file <file> --force"
+        )
+    if marker is not None:
+        log.warning("tiny base at %s was built from another shape or corpus: rebuilding it", out_dir)
     return build_tiny_base(out_dir, default_corpus() if corpus is None else corpus, cfg)
 
 
@@ -223,15 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from posegpt.model.config import PoseGPTModelConfig
 
         shape = load_config(PoseGPTModelConfig, args.config).tiny
-    if is_built(args.out) and not args.force:
-        print(f"tiny base already built at {args.out}")
-        return 0
     corpus = default_corpus()
     if args.corpus_file:
         path = Path(args.corpus_file)
         if not path.is_file():
             parser.error(f"--corpus-file {path} does not exist")
         corpus += [line for line in path.read_text().splitlines() if line.strip()]
+    if is_current(args.out, shape, corpus if args.corpus_file else None) and not args.force:
+        print(f"tiny base already built at {args.out}")
+        return 0
     build_tiny_base(args.out, corpus, shape)
     print(f"tiny base written to {args.out}")
     return 0

@@ -143,3 +143,28 @@ def test_padded_embedding_rows_take_the_token_without_growing() -> None:
     weight = model.get_input_embeddings().weight
     assert token == old and weight.shape[0] == 700
     torch.testing.assert_close(weight[token], before[:old].mean(0))
+
+
+def test_a_build_from_older_templates_is_rebuilt_unless_it_holds_user_texts(
+    tiny_base_dir: Path, tmp_path: Path
+) -> None:
+    from posegpt.model.config import TinyBaseConfig
+    from posegpt.model.tiny import MARKER_FILE, ensure_tiny_base, is_current
+
+    cfg = TinyBaseConfig()
+    assert is_current(tiny_base_dir, cfg), "the fixture holds the current templates plus test texts"
+    stale = tmp_path / "stale"
+    shutil.copytree(tiny_base_dir, stale)
+    marker = json.loads((stale / MARKER_FILE).read_text())
+
+    # Built by an older checkout, with a user's corpus file: never silently rebuilt without it.
+    (stale / MARKER_FILE).write_text(json.dumps({**marker, "templates": "older"}))
+    with pytest.raises(ValueError, match="corpus-file"):
+        ensure_tiny_base(stale, cfg)
+
+    # Built by an older checkout from its templates alone: rebuilt from the current ones.
+    (stale / MARKER_FILE).write_text(json.dumps({**marker, "templates": "older", "extra_texts": 0}))
+    assert not is_current(stale, cfg)
+    ensure_tiny_base(stale, cfg)
+    assert is_current(stale, cfg)
+    assert json.loads((stale / MARKER_FILE).read_text())["extra_texts"] == 0
