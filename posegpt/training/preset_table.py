@@ -52,7 +52,9 @@ def _pose_encoder(cfg: TrainConfig) -> str:
     if not enc.enabled:
         return "none (CLIP alone)"
     name = {"tiny_cnn": "tiny CNN pretrained on the synthetic world", "hmr2_vit": "HMR 2.0 ViT-H"}[enc.kind]
-    return f"{name}, {enc.input_height}×{enc.input_width}, tokens {enc.mode}ed to CLIP's (`{enc.weights}`)"
+    where = "appended to CLIP's" if enc.mode == "append" else "in place of CLIP's"
+    pool = f", grid pooled by {enc.pool}" if enc.pool > 1 else ""
+    return f"{name}, {enc.input_height}×{enc.input_width}{pool}, tokens {where} (`{enc.weights}`)"
 
 
 def _ratio(cfg: TrainConfig) -> str:
@@ -91,6 +93,12 @@ ROWS: tuple[tuple[str, Callable[[TrainConfig], str]], ...] = (
         lambda c: f"{c.model.lora_r} / {c.model.lora_alpha} / {c.model.lora_dropout:g}",
     ),
     ("CLIP projector", lambda c: "trained" if c.model.train_projector else "frozen"),
+    (
+        "pose head input",
+        lambda c: (
+            "standardised (running statistics)" if c.model.pose_head_input_norm == "running" else "as is"
+        ),
+    ),
     ("gradient checkpointing", lambda c: "on" if c.model.gradient_checkpointing else "off"),
     ("`model.max_length`", lambda c: str(c.model.max_length)),
     (
