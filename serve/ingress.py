@@ -51,7 +51,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from posegpt.config import from_dict
-from posegpt.model.conversation import normalize_messages
+from posegpt.data.schema import check_pose
+from posegpt.model.conversation import POSE_INPUT_PLACEHOLDER, normalize_messages
 from posegpt.storage import is_s3
 from serve import openai_api
 from serve.auth import (
@@ -75,6 +76,7 @@ from serve.limits import (
     verify_image,
 )
 from serve.mesh_cache import CachedBody, MeshCache
+from serve.pose_store import owner_of, store_actor
 from serve.schemas import (
     Answer,
     BodyTopology,
@@ -198,6 +200,12 @@ class PoseIngress:
         # The entry point reads the environment (library code never does): the key's source is configured.
         self.api_key = load_api_key(cfg, os.environ)
         self.cache = MeshCache(cfg.mesh_cache_size)
+        self.owner = owner_of(self.api_key)
+        self.pose_store = store_actor(
+            cfg.pose_store.name or serve.get_replica_context().app_name,
+            cfg.pose_store.capacity,
+            cfg.pose_store.ttl_s,
+        )
         self._topology: dict[str, Any] | None = None
         self._topology_json: bytes | None = None
         self._topology_lock = asyncio.Lock()
@@ -266,6 +274,65 @@ class PoseIngress:
                 422, "invalid_input", f"{where}: the conversation must end with a user turn to be answered"
             )
 
+    async def given_poses(
+        self, messages: list[dict[str, Any]], names: list[str]
+    ) -> tuple[list[dict[str, str]], list[list[float]] | None]:
+        """The conversation for the model (``<POSE_IN>`` where each given pose goes) and its poses in
+        order, ids looked up in the pose store. ``names``: each message as errors name it. Every pose is
+        checked here, before any batch: a wrong length, NaN/inf or a rotation beyond 2π is refused naming
+        ``<name>.poses[k]``, and so is an id that is unknown, expired or another API key's (one message
+        for all three, so an id never tells whether another key's pose exists)."""
+        out: list[dict[str, str]] = []
+        refs: list[tuple[str, list[float] | str]] = []
+        for m, name in zip(messages, names, strict=True):
+            content, poses = m["content"], m.get("poses") or []
+            found = content.count(POSE_INPUT_PLACEHOLDER)
+            if poses and m["role"] != "user":
+                raise RequestRejected(422, "invalid_input", f"{name}.poses: poses are given in user turns")
+            if poses and found == 0:
+                content = " ".join([POSE_INPUT_PLACEHOLDER] * len(poses) + [content])
+            elif found != len(poses):
+                raise RequestRejected(
+                    422,
+                    "invalid_input",
+                    f"{name}: its content holds {found} {POSE_INPUT_PLACEHOLDER} but {len(poses)} poses "
+                    f"are given (one per {POSE_INPUT_PLACEHOLDER}, in order)",
+                )
+            refs.extend((f"{name}.poses[{k}]", p) for k, p in enumerate(poses))
+            out.append({"role": m["role"], "content": content})
+        if not refs:
+            return out, None
+        check_at_most(
+            "max_input_poses",
+            len(refs),
+            self.cfg.limits,
+            "the number of poses given" + (f" in {names[0]}" if len(names) == 1 else ""),
+        )
+        ids = [(name, ref) for name, ref in refs if isinstance(ref, str)]
+        stored = await self.pose_store.get.remote(self.owner, [ref for _, ref in ids]) if ids else []
+        by_id = dict(zip([name for name, _ in ids], stored, strict=True))
+        values = []
+        for name, ref in refs:
+            pose = by_id[name] if isinstance(ref, str) else ref
+            if pose is None:
+                raise RequestRejected(
+                    422,
+                    "unknown_pose",
+                    f"{name}: no pose {ref!r} (unknown or expired; ids are kept for "
+                    f"{self.cfg.pose_store.ttl_s:g} s and only for the API key that got them)",
+                )
+            reason = check_pose(pose, name)
+            if reason:
+                raise RequestRejected(422, "invalid_input", reason)
+            values.append([float(x) for x in pose])
+        return out, values
+
+    async def remember(self, answers: list[dict[str, Any]]) -> None:
+        """Keep every answered pose under its id, for this API key, so later requests can give it back."""
+        pairs = [(p.id, p.axis_angle) for a in answers for p in a["poses"]]
+        if pairs:
+            await self.pose_store.put.remote(self.owner, pairs)
+
     def _answer(
         self, result: dict[str, Any], include_vertices: bool, root: str, started: float
     ) -> dict[str, Any]:
@@ -308,7 +375,7 @@ class PoseIngress:
     async def chat(self, req: ChatRequest, request_id: str, root: str) -> ChatResponse:
         started = time.perf_counter()
         answer = await self.converse(
-            [m.model_dump() for m in req.messages],
+            [m.model_dump(exclude_none=True) for m in req.messages],
             req.image,
             self._decoding(req),
             req.detect,
@@ -321,7 +388,7 @@ class PoseIngress:
 
     async def converse(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         image: str | None,
         decoding: dict[str, Any],
         detect: bool,
@@ -334,9 +401,11 @@ class PoseIngress:
         limits = self.cfg.limits
         check_at_most("max_messages", len(messages), limits, "the number of messages")
         check_texts([m["content"] for m in messages], limits, "messages")
+        messages, poses = await self.given_poses(messages, [f"messages[{i}]" for i in range(len(messages))])
         self._check_conversation(messages, image is not None, "messages")
         query = {
             "messages": messages,
+            "poses": poses,
             "image": await self._image(image, "image"),
             "request_id": request_id,
             **decoding,
@@ -356,9 +425,16 @@ class PoseIngress:
         )
         queries = []
         for i, q in enumerate(req.queries):
-            messages = [{"role": "user", "content": q.text}]
+            given = [{"role": "user", "content": q.text, "poses": q.poses}]
+            messages, poses = await self.given_poses(given, [f"queries[{i}]"])
             self._check_conversation(messages, images[i] is not None, f"queries[{i}]")
-            query = {"messages": messages, "image": images[i], "request_id": f"{request_id}/{i}", **decoding}
+            query = {
+                "messages": messages,
+                "poses": poses,
+                "image": images[i],
+                "request_id": f"{request_id}/{i}",
+                **decoding,
+            }
             queries.append((query, q.detect, f"queries[{i}]"))
         plans = await self.plan(queries)
         results = [Answer(**a) for a in await self.execute(plans, req.include_vertices, root, started)]
@@ -419,6 +495,7 @@ class PoseIngress:
                 out.append(plan_answers[0])
             else:
                 out.append(merge_people(plan["people"], plan_answers, plan["detect_ms"], started))
+        await self.remember(out)
         return out
 
     async def detect_people(self, image: bytes, where: str, request_id: str) -> list[dict[str, Any]]:

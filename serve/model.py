@@ -51,6 +51,8 @@ class _Item:
     messages: list[dict[str, str]]
     image: Any
     settings: tuple[int, float, int | None]
+    poses: list[list[float]] | None = None
+    """One checked pose per ``<POSE_IN>`` of the conversation, in order (the ingress resolved ids)."""
     """(max_new_tokens, temperature, seed): queries decode together only with equal settings."""
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -240,13 +242,15 @@ class PoseModel:
         }
 
     async def answer(self, query: dict[str, Any]) -> dict[str, Any]:
-        """One query: ``messages``, ``image`` (encoded bytes or None), ``max_new_tokens``,
-        ``temperature``, ``seed``, ``request_id``. Returns the answer with arrays, or ``{"error": ...}``."""
+        """One query: ``messages``, ``image`` (encoded bytes or None), ``poses`` (72 floats per
+        ``<POSE_IN>``, or None), ``max_new_tokens``, ``temperature``, ``seed``, ``request_id``.
+        Returns the answer with arrays, or ``{"error": ...}``."""
         item = _Item(
             request_id=str(query.get("request_id", "")),
             messages=list(query["messages"]),
             image=query.get("image"),
             settings=(int(query["max_new_tokens"]), float(query["temperature"]), query.get("seed")),
+            poses=query.get("poses"),
         )
         return await self._generate(item)
 
@@ -263,7 +267,7 @@ class PoseModel:
         results: list[dict[str, Any] | None] = [None] * len(items)
         groups: dict[tuple, list[tuple[int, Query]]] = {}
         for i, item in enumerate(items):
-            query = Query(item.messages, item.image)
+            query = Query(item.messages, item.image, item.poses)
             try:
                 # Same checks and tokenisation the batch makes: a bad query fails here, alone.
                 _, image = self.model.encode_query(query, "request")
@@ -275,7 +279,7 @@ class PoseModel:
                 logger.exception("PoseModel %s: request %s failed its checks", self.replica, item.request_id)
                 results[i] = _error("internal", "the model failed on this request", item.request_id)
                 continue
-            groups.setdefault(item.settings, []).append((i, Query(item.messages, image)))
+            groups.setdefault(item.settings, []).append((i, Query(item.messages, image, item.poses)))
         for settings, members in groups.items():
             for i, out in self._decode_group(settings, members, items):
                 queue_ms = (started - items[i].enqueued) * 1000.0

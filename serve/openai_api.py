@@ -9,7 +9,9 @@ other than 1 is refused.
 
 Answers are ``chat.completion`` objects. Poses come in the extension field
 ``choices[i].poses``: the same objects as ``/v1/chat``'s ``poses`` (axis-angle, joints,
-mesh URLs). With ``stream: true`` the answer is sent as server-sent events
+mesh URLs, and the ``id`` that gives a pose back). Poses go *to* the model the same way: a
+message may carry the extension field ``poses`` (72 floats or an id per ``<POSE_IN>``), which
+OpenAI's client sends as it is (messages are plain dicts). With ``stream: true`` the answer is sent as server-sent events
 (``chat.completion.chunk`` objects, then ``data: [DONE]``): the role first, then the
 text in pieces, then a last chunk with ``finish_reason`` and ``poses``, then usage when
 ``stream_options.include_usage`` is set. The model decodes a whole batch before any
@@ -27,7 +29,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve.limits import RequestRejected
-from serve.schemas import SEED_MAX, Pose
+from serve.schemas import POSES_HELP, SEED_MAX, Pose, PoseRef
 from serve.settings import MAX_LIST_ITEMS, MAX_TEXT_CHARS
 
 MODEL_ID = "posegpt"
@@ -59,6 +61,11 @@ class CompletionMessage(_Lenient):
         | Annotated[list[ContentPart], Field(max_length=MAX_LIST_ITEMS)]
         | None
     ) = None
+    poses: list[PoseRef] | None = Field(
+        None,
+        max_length=MAX_LIST_ITEMS,
+        description="Extension, as /v1/chat's messages[].poses: " + POSES_HELP,
+    )
 
 
 class StreamOptions(_Lenient):
@@ -118,7 +125,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def to_conversation(req: ChatCompletionRequest) -> tuple[list[dict[str, str]], str | None]:
+def to_conversation(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]], str | None]:
     """(``/v1/chat`` messages, the data URL of the image or None) from OpenAI messages.
 
     ``developer`` is OpenAI's newer name for ``system``. Text parts of one message are
@@ -129,8 +136,9 @@ def to_conversation(req: ChatCompletionRequest) -> tuple[list[dict[str, str]], s
     first_user = next((i for i, m in enumerate(req.messages) if m.role == "user"), None)
     for i, m in enumerate(req.messages):
         role = "system" if m.role == "developer" else m.role
+        extra: dict[str, Any] = {"poses": m.poses} if m.poses else {}
         if m.content is None or isinstance(m.content, str):
-            messages.append({"role": role, "content": m.content or ""})
+            messages.append({"role": role, "content": m.content or "", **extra})
             continue
         texts = []
         for k, part in enumerate(m.content):
@@ -147,7 +155,7 @@ def to_conversation(req: ChatCompletionRequest) -> tuple[list[dict[str, str]], s
                     422, "invalid_request", f"{where}: one image per conversation, in the first user message"
                 )
             image = part.image_url.url
-        messages.append({"role": role, "content": "\n".join(texts)})
+        messages.append({"role": role, "content": "\n".join(texts), **extra})
     return messages, image
 
 

@@ -8,7 +8,7 @@ against ``LimitsConfig``, so that the error names the limit.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,10 +22,21 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PoseRef = Annotated[list[float], Field(max_length=MAX_LIST_ITEMS)] | Annotated[str, Field(max_length=64)]
+"""A pose given to the model: 72 axis-angle floats (radians), or the ``id`` of a pose the service answered."""
+
+POSES_HELP = (
+    "Poses this user turn gives the model, one per <POSE_IN> in its content, in order: 72 SMPL axis-angle "
+    "floats each, or the id of a pose an earlier answer returned. A content without <POSE_IN> gets them "
+    "in front of its text."
+)
+
+
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant"]
     """``system`` may come first; then turns alternate user / assistant, ending with user."""
     content: str = Field(max_length=MAX_TEXT_CHARS)
+    poses: list[PoseRef] | None = Field(None, max_length=MAX_LIST_ITEMS, description=POSES_HELP)
 
 
 class DecodingOptions(_Request):
@@ -68,6 +79,7 @@ class PoseQuery(_Request):
     )
     image: str | None = Field(None, description="Optional image as base64 or a data:image/...;base64 URL.")
     detect: bool = Field(False, description=DETECT_HELP)
+    poses: list[PoseRef] | None = Field(None, max_length=MAX_LIST_ITEMS, description=POSES_HELP)
 
 
 class PosesRequest(DecodingOptions):
@@ -86,7 +98,7 @@ class Mesh(BaseModel):
 
 
 class Pose(BaseModel):
-    id: str
+    id: str = Field(description="Gives this pose back to the model in a later request (a message's poses).")
     axis_angle: list[float] = Field(description="72 SMPL pose values: 24 joints × axis-angle (radians).")
     joints: list[list[float]] = Field(description="24 joint positions in metres (body with betas 0).")
     mesh: Mesh
@@ -148,7 +160,7 @@ class PosesResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str
     """``limit_exceeded``, ``invalid_request``, ``invalid_image``, ``image_url_not_allowed``,
-    ``invalid_input``, ``unauthorized``, ``not_found``, ``overloaded``, ``detector_unavailable`` or ``internal``."""
+    ``invalid_input``, ``unknown_pose``, ``unauthorized``, ``not_found``, ``overloaded``, ``detector_unavailable`` or ``internal``."""
     message: str
     limit: str | None = None
     """The configured limit that was exceeded (``limits.<name>``)."""
@@ -190,6 +202,7 @@ __all__ = [
     "Person",
     "Pose",
     "PoseQuery",
+    "PoseRef",
     "PosesRequest",
     "PosesResponse",
     "Timings",

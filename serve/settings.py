@@ -67,6 +67,8 @@ class LimitsConfig:
     """Most people answered per image with ``detect: true`` (the detector's best scores first)."""
     max_model_calls: int = 32
     """Most model queries one request may make: queries, times people for ``detect: true``."""
+    max_input_poses: int = 8
+    """Most poses one conversation (or pose query) may give the model, by value or by id."""
     body_timeout_s: float = 30.0
     """Longest time to receive a request body; a slower client gets 408 and its connection is closed."""
     max_slow_bodies: int = 64
@@ -100,6 +102,25 @@ MAX_LIST_ITEMS = 1024
 body of a million bad items costs no more than this many (configured limits must stay below it)."""
 MAX_TEXT_CHARS = 100_000
 """Hard cap on one text field in the request schema (``limits.max_message_chars`` must stay below it)."""
+
+
+@dataclass
+class PoseStoreConfig:
+    """The answered poses kept by id, so a later request can give one back (``serve/pose_store.py``)."""
+
+    capacity: int = 100_000
+    """Most poses kept (about 0.6 KB each: 64 MB at most); the least recently stored goes first."""
+    ttl_s: float = 86_400.0
+    """Seconds a pose stays usable by its id after it was answered."""
+    name: str = ""
+    """Store actor to use; empty: the application's own. Applications naming the same store share its
+    ids (each pose still usable only with the API key that got it)."""
+
+    def validate(self) -> None:
+        if self.capacity < 1 or self.ttl_s <= 0:
+            raise ConfigError(
+                f"pose_store.capacity must be >= 1 and pose_store.ttl_s > 0, got {self.capacity}, {self.ttl_s}"
+            )
 
 
 @dataclass
@@ -242,6 +263,9 @@ class ServeConfig:
     """Path of a file holding the API key (e.g. a mounted Kubernetes secret)."""
     mesh_cache_size: int = 256
     """Bodies of recent answers kept for ``/v1/poses/{id}/mesh.obj`` and ``.png`` (per ingress replica)."""
+    pose_store: PoseStoreConfig = field(default_factory=PoseStoreConfig)
+    """Answered poses kept by id for later requests (one store actor per application, shared by its
+    ingress replicas; its size is fixed when the first replica creates it)."""
     png_size: int = 256
     """Side in pixels of each view in a body PNG (front and side views)."""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -268,6 +292,7 @@ class ServeConfig:
             )
         self.batching.validate()
         self.limits.validate()
+        self.pose_store.validate()
         if self.detector.weights:
             self.detector.validate()
             if not is_s3(self.detector.weights) and not Path(resolve_local(self.detector.weights)).is_file():
@@ -346,6 +371,7 @@ __all__ = [
     "BatchingConfig",
     "GenerationDefaults",
     "LimitsConfig",
+    "PoseStoreConfig",
     "ReplicaOptions",
     "ServeConfig",
     "config_from_args",
