@@ -3,6 +3,8 @@
 // comes from this service (the page's Content-Security-Policy forbids anything else). With an API
 // key configured, the browser signs in once at /login: its session cookie then goes with every
 // request of the page (fetch and <img> alike), so the page itself never holds the key.
+// Editing: "Edit this pose" on an answered pose sends the next message with that pose (by its id,
+// as a <POSE_IN> of the turn); the answer then shows the pose before and after, each in a viewer.
 "use strict";
 
 (function () {
@@ -16,6 +18,10 @@
   const status = document.getElementById("status");
   const sendButton = document.getElementById("send");
   const detectBox = document.getElementById("detect");
+  const editing = document.getElementById("editing");
+  const editingLabel = document.getElementById("editing-label");
+
+  let editTarget = null; // {pose, label} the next message edits, or null
 
   let history = []; // [{role, content}] of this conversation
   let image = null; // data URL of the conversation's image (sent with every turn)
@@ -43,6 +49,55 @@
     return topology;
   }
 
+  function viewerCanvas(pose) {
+    const canvas = el("canvas", "body-viewer");
+    canvas.width = 256;
+    canvas.height = 256;
+    canvas.title = "Drag to turn the body";
+    if (pose.mesh.vertices) {
+      getTopology()
+        .then((topo) => new window.BodyViewer(canvas, pose.mesh.vertices, topo))
+        .catch((err) => { status.textContent = `Viewer: ${err.message}`; });
+    }
+    return canvas;
+  }
+
+  function chooseEdit(pose, label) {
+    editTarget = { pose, label };
+    editingLabel.textContent = `Editing ${label}: say what to change, e.g. "Raise the left arm."`;
+    editing.hidden = false;
+    document.querySelectorAll(".pose.selected").forEach((n) => n.classList.remove("selected"));
+    const card = document.querySelector(`.pose[data-pose-id="${CSS.escape(pose.id)}"]`);
+    if (card) card.classList.add("selected");
+    message.focus();
+  }
+
+  function stopEditing() {
+    editTarget = null;
+    editing.hidden = true;
+    document.querySelectorAll(".pose.selected").forEach((n) => n.classList.remove("selected"));
+  }
+
+  // The edited pose and the answer's pose side by side, each in its own viewer.
+  function compareCard(before, after, index) {
+    const card = el("div", "pose compare");
+    card.dataset.poseId = after.id;
+    card.appendChild(el("h3", null, `Pose ${index + 1}: before and after the edit`));
+    const views = el("div", "views");
+    [["Before", before, "before"], ["After", after, "after"]].forEach(([title, pose, cls]) => {
+      const fig = el("figure", cls);
+      fig.appendChild(viewerCanvas(pose));
+      fig.appendChild(el("figcaption", null, title));
+      views.appendChild(fig);
+    });
+    card.appendChild(views);
+    const edit = el("button", "edit-pose", "Edit this pose");
+    edit.type = "button";
+    edit.addEventListener("click", () => chooseEdit(after, `pose ${index + 1} (after)`));
+    card.appendChild(edit);
+    return card;
+  }
+
   function poseCard(pose, index) {
     const card = el("div", "pose");
     card.dataset.poseId = pose.id;
@@ -52,21 +107,17 @@
     img.alt = `Rendered body of pose ${index + 1}`;
     img.src = pose.mesh.png_url;
     views.appendChild(img);
-    const canvas = el("canvas", "body-viewer");
-    canvas.width = 256;
-    canvas.height = 256;
-    canvas.title = "Drag to turn the body";
-    views.appendChild(canvas);
+    views.appendChild(viewerCanvas(pose));
     card.appendChild(views);
     const link = el("a", null, "Download OBJ");
     link.href = pose.mesh.obj_url;
     link.download = `pose-${pose.id}.obj`;
     card.appendChild(link);
-    if (pose.mesh.vertices) {
-      getTopology()
-        .then((topo) => new window.BodyViewer(canvas, pose.mesh.vertices, topo))
-        .catch((err) => { status.textContent = `Viewer: ${err.message}`; });
-    }
+    const edit = el("button", "edit-pose", "Edit this pose");
+    edit.type = "button";
+    edit.addEventListener("click", () => chooseEdit(pose, `pose ${index + 1}`));
+    card.appendChild(edit);
+    img.addEventListener("click", () => chooseEdit(pose, `pose ${index + 1}`));
     return card;
   }
 
@@ -114,7 +165,7 @@
     node.appendChild(row);
   }
 
-  function showAnswer(data, src) {
+  function showAnswer(data, src, before) {
     let n = 0;
     const text = data.people ? "" : data.text.replace(/<POSE>/g, () => `[pose ${++n}]`);
     const node = el("div", "msg assistant", text);
@@ -127,7 +178,7 @@
       showPeople(data, node, src);
     } else if (data.poses.length) {
       const poses = el("div", "poses");
-      data.poses.forEach((p, i) => poses.appendChild(poseCard(p, i)));
+      data.poses.forEach((p, i) => poses.appendChild(before ? compareCard(before, p, i) : poseCard(p, i)));
       node.appendChild(poses);
     }
     add(node);
@@ -139,10 +190,13 @@
 
   async function send(content) {
     const turn = { role: "user", content };
+    const before = editTarget ? editTarget.pose : null;
+    // By id: the service keeps every pose it answered, for this key, and checks it before any batch.
+    if (before) turn.poses = [before.id];
     const body = { messages: [...history, turn], include_vertices: true };
     if (image) body.image = image;
     if (image && detectBox.checked) body.detect = true;
-    add(el("div", "msg user", content));
+    add(el("div", "msg user", before ? `${content} (editing ${editTarget.label})` : content));
     sendButton.disabled = true;
     status.textContent = "Thinking…";
     try {
@@ -163,7 +217,8 @@
         return;
       }
       history.push(turn, { role: "assistant", content: data.text });
-      showAnswer(data, image);
+      stopEditing();
+      showAnswer(data, image, before);
     } catch (err) {
       showError(`Request failed: ${err.message}`);
     } finally {
@@ -174,6 +229,7 @@
 
   function reset() {
     history = [];
+    stopEditing();
     log.replaceChildren();
   }
 
@@ -215,4 +271,5 @@
   });
 
   document.getElementById("reset").addEventListener("click", reset);
+  document.getElementById("stop-editing").addEventListener("click", stopEditing);
 })();

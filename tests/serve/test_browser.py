@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.model import POSING_SAMPLES
-from tests.fixtures.serving import API_KEY, Served
+from tests.fixtures.serving import API_KEY, EDIT_KEY, Served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -129,3 +129,56 @@ def test_page_chats_and_shows_the_body(served: Served, tmp_path: Path) -> None:
     assert 0.03 < body_fraction(canvas_shot, background) < 0.7
     # Everything came from the service itself.
     assert requested and all(url.startswith(served.url) for url in requested), requested
+
+
+def test_page_edits_an_answered_pose_and_shows_before_and_after(pose_input_served: Served) -> None:
+    """Click "Edit this pose" on an answer, type the edit, send: the answer shows both bodies."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 1400})
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            sent: list[dict] = []
+            page.on(
+                "request",
+                lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat") else None,
+            )
+            page.goto(pose_input_served.url + "/", wait_until="load")
+            page.fill("#key", EDIT_KEY)
+            page.click("#sign-in")
+            page.wait_for_selector("#message", timeout=30_000)
+            page.fill("#message", STANDING)
+            page.click("#send")
+            page.wait_for_selector(".pose button.edit-pose", timeout=60_000)
+            assert page.is_hidden("#editing")
+            page.click(".pose button.edit-pose")
+            assert page.is_visible("#editing") and "pose 1" in page.inner_text("#editing-label")
+            assert page.get_attribute(".pose.selected", "data-pose-id")
+            page.fill("#message", "Raise the left arm.")
+            page.click("#send")
+            before = page.wait_for_selector(
+                ".pose.compare .before canvas.body-viewer[data-drawn]", timeout=60_000
+            )
+            after = page.wait_for_selector(
+                ".pose.compare .after canvas.body-viewer[data-drawn]", timeout=60_000
+            )
+            assert page.is_hidden("#editing")  # the edit was sent; the next message is a plain one
+            hex_bg = page.evaluate("window.BodyViewer.BACKGROUND")
+            background = tuple(int(hex_bg[i : i + 2], 16) for i in (1, 3, 5))
+            shown = [page.evaluate(CANVAS_PIXELS, [c, background]) for c in (before, after)]
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    first_pose_id = sent[1]["messages"][2]["poses"][0]
+    # The edit went by the answered pose's id, after the first exchange.
+    assert [m["role"] for m in sent[1]["messages"]] == ["user", "assistant", "user"]
+    assert isinstance(first_pose_id, str) and "poses" not in sent[0]["messages"][0]
+    for state in shown:
+        assert 0.03 < state["body"] / state["total"] < 0.7, state["body"]
+    # Before and after are different bodies.
+    assert shown[0]["url"] != shown[1]["url"]
