@@ -6,7 +6,12 @@ Training logs this file as the model's code (``python_model=<this file>``) and t
 that refers to a module of this repository, no checkout on ``sys.path``.
 
 Input: a DataFrame with a ``text`` column (or a string, a list of strings, or
-``{"text": ...}``); param ``max_new_tokens``. Output: a DataFrame with ``answer``
+``{"text": ...}``); param ``max_new_tokens``. An optional ``poses`` column (or ``{"poses": ...}``)
+gives each query its input poses: a list of 72 axis-angle floats per ``<POSE_IN>`` of its text
+(empty or None for none), checked as the service checks them. The registered versions'
+signature (``posegpt/training/mlflow_logging.py``) declares ``text`` only, and MLflow drops
+columns a signature does not declare, so through ``mlflow.pyfunc.load_model`` poses reach the
+model only once that signature gains an optional ``poses`` column; the class itself takes them. Output: a DataFrame with ``answer``
 (the generated text), ``pose`` (72 axis-angle values of the first ``<POSE>``,
 empty when the answer has none) and ``num_poses``.
 
@@ -53,8 +58,12 @@ class PoseQueryModel(PythonModel):
         import pandas as pd
 
         texts = query_texts(model_input)
+        poses = query_poses(model_input, len(texts))
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))
-        answers = self.posegpt.batch([{"messages": t} for t in texts], max_new_tokens=max_new_tokens)
+        answers = self.posegpt.batch(
+            [{"messages": t, "poses": p} for t, p in zip(texts, poses, strict=True)],
+            max_new_tokens=max_new_tokens,
+        )
         return pd.DataFrame(
             {
                 "answer": [a.text for a in answers],
@@ -76,6 +85,24 @@ def query_texts(model_input: Any) -> list[str]:
         value = model_input["text"]
         return [value] if isinstance(value, str) else [str(t) for t in value]
     return [str(t) for t in model_input]
+
+
+def query_poses(model_input: Any, n: int) -> list[list[list[float]] | None]:
+    """The input poses of each of the ``n`` queries (None where a query gives none)."""
+    if hasattr(model_input, "columns"):
+        column = model_input["poses"].tolist() if "poses" in model_input.columns else None
+    elif isinstance(model_input, dict):
+        column = model_input.get("poses")
+        if column is not None and isinstance(model_input.get("text"), str):
+            column = [column]
+    else:
+        column = None
+    if column is None:
+        return [None] * n
+    if len(column) != n:
+        raise ValueError(f"'poses' has {len(column)} entries for {n} queries")
+    # A DataFrame cell may hold a numpy array of arrays: plain lists for the model's checks.
+    return [None if p is None or len(p) == 0 else [list(map(float, pose)) for pose in p] for p in column]
 
 
 mlflow.models.set_model(PoseQueryModel())
