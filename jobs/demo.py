@@ -384,6 +384,48 @@ def serve_and_query(cfg: DemoConfig, paths: Paths, checkpoint: str) -> dict[str,
             "PersonDetector": {"autoscaling_config": None, "num_replicas": 1},
         },
     )
+
+    def edit_round_trip(ask: str) -> list[str]:
+        """Ask for a pose, send it back by its id with an edit, and summarise both poses."""
+        import numpy as np
+
+        left_wrist = 20  # SMPL joint index: the edit asks to raise the left arm
+
+        def chat(messages: list[dict[str, Any]]) -> dict[str, Any]:
+            response = httpx.post(
+                f"{url}/v1/chat", json={"messages": messages, "max_new_tokens": 32}, timeout=120
+            )
+            if response.status_code != 200:
+                raise DemoError(f"POST /v1/chat answered {response.status_code}: {response.text[:500]}")
+            return response.json()
+
+        start = time.time()
+        first = chat([{"role": "user", "content": ask}])
+        if not first["poses"]:
+            return [f"edit round trip skipped: {ask!r} got no pose ({first['text'][:60]!r})"]
+        before = first["poses"][0]
+        instruction = "<POSE_IN> Now raise the left arm."
+        edited = chat(
+            [
+                {"role": "user", "content": ask},
+                {"role": "assistant", "content": first["text"]},
+                {"role": "user", "content": instruction, "poses": [before["id"]]},
+            ]
+        )
+        seconds = time.time() - start
+        if not edited["poses"]:
+            return [f"edit of pose {before['id']} by id answered no pose ({edited['text'][:60]!r})"]
+        after = edited["poses"][0]
+        a, b = np.asarray(before["joints"]), np.asarray(after["joints"])
+        moved = float(np.linalg.norm(a - b, axis=1).mean())
+        # Camera frame: y points down, so a raised wrist has a smaller y.
+        return [
+            f"edit round trip ({seconds:.1f}s): {ask!r} -> pose {before['id']}; "
+            f"{instruction!r} with that id -> pose {after['id']}",
+            f"  before: left wrist y {a[left_wrist, 1]:+.2f} m; after: {b[left_wrist, 1]:+.2f} m; "
+            f"joints moved {moved * 100:.1f} cm on average",
+        ]
+
     url = f"http://127.0.0.1:{port}"
     try:
         deploy(config, host="127.0.0.1", port=port, timeout_s=300)
@@ -416,12 +458,16 @@ def serve_and_query(cfg: DemoConfig, paths: Paths, checkpoint: str) -> dict[str,
             for q, r in zip(queries, results, strict=True)
         ]
         _log(f"7/7 service: {len(queries)} queries answered in {elapsed:.1f}s")
+        edit = edit_round_trip(texts[0])
+        for line in edit:
+            _log(f"7/7 service: {line}")
         return {
             "url": url,
             "answers": lines,
             "seconds": elapsed,
             "pngs": saved,
             "answers_file": str(paths.serve / "answers.json"),
+            "edit": edit,
         }
     finally:
         serve.shutdown()
