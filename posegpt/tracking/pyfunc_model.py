@@ -8,10 +8,9 @@ that refers to a module of this repository, no checkout on ``sys.path``.
 Input: a DataFrame with a ``text`` column (or a string, a list of strings, or
 ``{"text": ...}``); param ``max_new_tokens``. An optional ``poses`` column (or ``{"poses": ...}``)
 gives each query its input poses: a list of 72 axis-angle floats per ``<POSE_IN>`` of its text
-(empty or None for none), checked as the service checks them. The registered versions'
-signature (``posegpt/training/mlflow_logging.py``) declares ``text`` only, and MLflow drops
-columns a signature does not declare, so through ``mlflow.pyfunc.load_model`` poses reach the
-model only once that signature gains an optional ``poses`` column; the class itself takes them. Output: a DataFrame with ``answer``
+(empty or None for none), checked as the service checks them; the registered versions'
+signature declares it as optional (``posegpt.training.mlflow_logging.query_signature``). Output: a
+DataFrame with ``answer``
 (the generated text), ``pose`` (72 axis-angle values of the first ``<POSE>``,
 empty when the answer has none) and ``num_poses``.
 

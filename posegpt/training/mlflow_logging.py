@@ -219,7 +219,7 @@ def log_pyfunc_model(checkpoint_dir: str | Path, registered_model_name: str | No
             python_model=str(PYFUNC_CODE),
             code_paths=[str(code)],
             artifacts=artifacts,
-            signature=infer_signature(example, output, params=params),
+            signature=query_signature(infer_signature(example, output, params=params)),
             input_example=(example, params),
             pip_requirements=_requirements(),
             metadata={
@@ -229,6 +229,17 @@ def log_pyfunc_model(checkpoint_dir: str | Path, registered_model_name: str | No
             },
             registered_model_name=registered_model_name,
         )
+
+
+def query_signature(inferred: Any) -> Any:
+    """``inferred`` with an optional ``poses`` input column: per query, the poses its ``<POSE_IN>``
+    tokens stand for (72 axis-angle floats each). MLflow drops columns a signature does not
+    declare, and an example cannot show an optional column, so it is declared here."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = Schema([*inferred.inputs.inputs, ColSpec(Array(Array("double")), "poses", required=False)])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
 def _run_exists(run_id: str) -> bool:

@@ -93,7 +93,8 @@ def test_version_names_its_base_and_carries_signature_example_and_code(registere
     uri, _, info = registered
     assert info.metadata["base_model_id"] == "posegpt/tiny-llava"
     assert info.metadata["base_model_bundled"] is True
-    assert info.signature.inputs.input_names() == ["text"]
+    assert info.signature.inputs.input_names() == ["text", "poses"]
+    assert [c.required for c in info.signature.inputs.inputs] == [True, False]
     assert {p.name for p in info.signature.params.params} == {"max_new_tokens"}
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
     assert (local / "code" / "posegpt" / "inference.py").is_file()
@@ -154,3 +155,28 @@ def test_fetched_checkpoint_reads_the_bundled_base(registered, tmp_path: Path) -
     assert Path(config["base_model"]).is_dir() and config["build_tiny_if_missing"] is False
     answer = PoseGPT.from_checkpoint(folder).chat(PROMPTS[0], max_new_tokens=12)
     assert "<POSE>" in answer.text
+
+
+@pytest.mark.slow
+def test_a_poses_column_passes_the_registered_signature(registered, posing_checkpoint_dir: Path) -> None:
+    """MLflow drops undeclared columns before ``predict``: the optional ``poses`` column must get through."""
+    import mlflow
+    import pandas as pd
+
+    from posegpt.inference import PoseGPT
+
+    uri, model_uri, _ = registered
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    pose = (np.linspace(-0.5, 0.5, 72)).tolist()
+    text = "<POSE_IN> Now raise the left arm."
+    frame = pd.DataFrame({"text": [text, PROMPTS[0]], "poses": [[pose], None]})
+    out = model.predict(frame, params={"max_new_tokens": 12})
+    library = PoseGPT.from_checkpoint(posing_checkpoint_dir)
+    with_pose = library.chat(text, poses=[np.asarray(pose, np.float32)], max_new_tokens=12)
+    assert out["answer"].tolist()[0] == with_pose.text
+    assert out["num_poses"].tolist()[0] == len(with_pose.poses)
+    if len(with_pose.poses):
+        np.testing.assert_allclose(out["pose"].tolist()[0], with_pose.poses[0], atol=1e-5)
+    # Without the column the model still answers (it is optional).
+    assert len(model.predict(pd.DataFrame({"text": [PROMPTS[0]]}), params={"max_new_tokens": 4})) == 1
