@@ -500,6 +500,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ]
         lines += [f"  {line}" for line in serve_info["answers"]]
         lines.append(f"  answers: {serve_info['answers_file']}; bodies: {out}/serve/*.png")
+        if serve_info.get("edit"):
+            lines.append("  A pose edited by its id (the page's 'Edit this pose'):")
+            lines += [f"    {line}" for line in serve_info["edit"]]
         lines.append(f"  serve it again: serve run serve.app:app checkpoint={summary['checkpoint']}")
     lines += [
         "",
