@@ -1,7 +1,7 @@
 """Share of a training step spent waiting for its batch: rows encoded on the worker vs on Ray Data's actors.
 
-Runs the tiny preset twice on the same shards, 2 workers x ``--batch`` rows, for
-``--skip`` warm-up steps plus ``--steps`` measured ones: once with
+Runs the tiny preset twice on the same shards, 2 workers x ``--batch`` rows (default:
+the preset's), for ``--skip`` warm-up steps plus ``--steps`` measured ones: once with
 ``data.encode_on=worker`` (the training step decodes images and tokenises, as
 before issue #14 part 3) and once with ``data.encode_on=ray_data`` (CPU actors do
 it in a ``map_batches`` stage; the step only pads and stacks). Prints, over the
@@ -50,11 +50,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
         "validation.every=0",
         "logging.every=1",
         "logging.register_model=false",
-        f"data.batch_size_per_worker={args.batch}",
         "scaling.num_workers=2",
         "scaling.resources_per_worker={CPU: 0.5}",
         *args.override,
     ]
+    if args.batch:
+        common.append(f"data.batch_size_per_worker={args.batch}")
     if args.base_model:
         common += [f"model.base_model={args.base_model}", "model.build_tiny_if_missing=false"]
     out = {}
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", help="tiny LLaVA folder (default: the preset's, built if missing)")
     parser.add_argument("--steps", type=int, default=60, help="measured steps per run")
     parser.add_argument("--skip", type=int, default=10, help="warm-up steps before them")
-    parser.add_argument("--batch", type=int, default=8, help="samples per worker per step")
+    parser.add_argument("--batch", type=int, help="samples per worker per step (default: the preset's)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--modes", nargs="+", default=["worker", "ray_data"], choices=["worker", "ray_data"])
     parser.add_argument("--override", action="append", default=[], help="extra key=value for both runs")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args, Path(tmp))
     print()
     print(
-        f"tiny preset, 2 workers x {args.batch} rows, {args.cpus}-CPU Ray, "
+        f"tiny preset, 2 workers x {args.batch or 'the preset'} rows, {args.cpus}-CPU Ray, "
         f"{args.steps} steps after {args.skip} warm-up steps"
     )
     print(
