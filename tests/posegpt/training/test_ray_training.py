@@ -76,7 +76,7 @@ def test_tiny_run_checkpoints_to_s3_in_the_model_format(tiny_training_run, s3_en
     assert state["step"] == TINY_RUN_STEPS
     assert state["mlflow_run_id"] == run.mlflow_run_id
     assert [s["start_step"] for s in state["starts"]] == [0]
-    assert state["samples_seen"] == TINY_RUN_STEPS * 8 * 2
+    assert state["samples_seen"] == TINY_RUN_STEPS * run.config.data.batch_size_per_worker * 2
 
 
 def test_tiny_run_checkpoint_loads_and_differs_from_the_initial_model(tiny_training_run, tiny_checkpoint_dir):
@@ -284,7 +284,7 @@ def test_nan_loss_stops_every_rank_naming_step_and_samples(
         if "sample ids:" in line
         for s in line.split("sample ids:")[1].split(",")
     ]
-    assert len(named) == 2 * 8 and set(named) <= shard_ids
+    assert len(named) == 2 * cfg.data.batch_size_per_worker and set(named) <= shard_ids
     # The step-1 checkpoint is the last one, intact and loadable; the job exits 1 with the message.
     last = latest_checkpoint(cfg)
     assert last is not None and Path(last).name.startswith("checkpoint_step0000001_start1_")
