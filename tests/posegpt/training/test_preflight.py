@@ -12,6 +12,7 @@ import pytest
 
 from posegpt.config import ConfigError, load_config
 from posegpt.training.config import TrainConfig
+from posegpt.training.mixing import TASKS
 from posegpt.training.shards import ShardError
 from posegpt.training.trainer import PreflightError, preflight, resolve_config, train
 
@@ -36,7 +37,7 @@ def write_shards(root: Path, counts: dict[str, dict[str, int]], version: object 
     return root
 
 
-FULL = {t: {"train": 6, "val": 4} for t in ("image2pose", "text2pose", "vqa", "spg", "rpe")}
+FULL = {t: {"train": 6, "val": 4} for t in TASKS}
 
 
 def config(tmp_path: Path, shard_root: Path | str, *extra: str) -> TrainConfig:
@@ -144,12 +145,16 @@ def test_workers_that_leave_no_cpu_to_ray_data_are_refused(tmp_path, ray_local):
 
 
 def test_encoding_actors_that_cannot_all_start_are_refused(tmp_path, ray_local):
-    """Five tasks x 2 actors x 0.1 CPU + a 0.25-CPU read task exceed the one CPU 2 workers leave."""
+    """The preset's tasks x 2 actors x 0.1 CPU + a 0.25-CPU read task exceed the one CPU 2 workers leave."""
     from posegpt.training.trainer import check_cluster
 
     root = write_shards(tmp_path / "shards", FULL)
     cfg = config(tmp_path, root, "data.encode_on=ray_data", "data.encode_actors=2", "data.encode_cpus=0.1")
-    with pytest.raises(PreflightError, match=r"5 tasks x data.encode_actors 2 x data.encode_cpus 0.1\) plus"):
+    tasks = len(cfg.active_tasks())
+    assert tasks * 2 * 0.1 + 0.25 > 1.0 >= tasks * 0.1 + 0.25
+    with pytest.raises(
+        PreflightError, match=rf"{tasks} tasks x data.encode_actors 2 x data.encode_cpus 0.1\) plus"
+    ):
         train(cfg)
     assert_no_run_started(tmp_path)
     # One actor per task fits, and encoding on the workers reserves nothing.
