@@ -170,7 +170,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health", timeout=120, proc=proc)
+        wait_http(url + "/health", timeout=300, proc=proc)
         yield url
     finally:
         proc.terminate()

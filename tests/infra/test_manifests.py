@@ -282,7 +282,7 @@ def test_mlflow_server_started_as_deployed_answers_the_in_cluster_name(tmp_path:
             start_new_session=True,
         )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=300, proc=proc)
 
         def status(host: str) -> int:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
