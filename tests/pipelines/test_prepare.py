@@ -236,7 +236,17 @@ def test_ray_engine_writes_the_same_shards_as_the_local_loop(
     assert manifest.pop("code_version")["code_digest"] == expected.pop("code_version")["code_digest"]
     assert manifest == expected
     counts = result.manifest["counts"]
-    assert set(counts) == {"text2pose", "image2pose", "vqa", "spg", "rpe"}
+    # The synthetic preset also makes the pose-input tasks from the world's pose pairs and captions.
+    assert set(counts) == {
+        "text2pose",
+        "image2pose",
+        "vqa",
+        "spg",
+        "rpe",
+        "pose2text",
+        "posediff",
+        "poseedit",
+    }
     assert all(counts[t]["train"] > 0 for t in counts)
 
 

@@ -95,7 +95,7 @@ def test_deepspeed_schedule_from_the_config_warms_up_then_decays():
             "schedule.warmup_start_ratio=0.1",
             "schedule.min_lr_ratio=0.2",
             "engine.grad_accumulation=2",
-            "data.batch_size_per_worker=8",  # the tiny mix needs a row for each of its five tasks
+            "data.batch_size_per_worker=12",  # the tiny mix needs a row for each of its seven tasks
         ],
     )
     ds = deepspeed_config(cfg, world_size=1, device="cpu", bf16_supported=False)
