@@ -82,6 +82,8 @@ def evaluated(
         f"checkpoint=models:/posegpt-test/{version}",
         f"output_dir={out}",
         f"data.shard_root={eval_shards}",
+        # These shards hold the four pose-output tasks; the preset's pose-input tasks are tested on their own.
+        "data.tasks=[image2pose,text2pose,spg,rpe]",
         f"retrieval.model_dir={trained_retrieval}",
         f"tracking.tracking_uri=sqlite:///{db}",
         "inference.batch_size=4",
