@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@# DeepSpeed compiles its CPU shared-memory collective op with g++ the first time a training
+	@# process starts (1-2 minutes on 2 cores, inside the first run): build it once, here, into
+	@# TORCH_EXTENSIONS_DIR, exactly as deepspeed.comm does on first use (a no-op where it does not apply).
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	@touch $(STAMP)
 
 # Regenerate the lock after changing pyproject.toml's dependencies.

@@ -3,6 +3,7 @@
     python jobs/demo.py                                   # everything under outputs/demo/
     python jobs/demo.py --config configs/demo/default.yaml out=outputs/demo2 fresh=true
     python jobs/demo.py train_overrides='[schedule.max_steps=100]' serve=false
+    python jobs/demo.py last_step=3                       # the data only: world, detector, shards
 
 Steps, each the same command a user would submit to a cluster, run against one local
 Ray that this process starts (or the cluster named by ``RAY_ADDRESS``):
@@ -71,6 +72,8 @@ class DemoConfig:
     """Extra ``key=value`` settings for ``jobs/evaluate.py`` (e.g. ``data.max_samples=100``)."""
     serve: bool = True
     """Start the Serve application at the end and send it a batch of pose queries."""
+    last_step: int = 7
+    """Stop after this step (3: the world, detector and shards only; 4: up to the trained checkpoint)."""
     serve_port: int = 8000
     """Port of the service on 127.0.0.1 (0: any free port)."""
     num_cpus: int = 2
@@ -207,8 +210,15 @@ def _detector_overrides(paths: Paths, prefix: str) -> list[str]:
     ]
 
 
+def _stopped(summary: dict[str, Any], started: float) -> dict[str, Any]:
+    summary["minutes"] = (time.time() - started) / 60
+    return summary
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Every step in order; returns what the summary prints."""
+    """Every step in order, up to ``cfg.last_step``; returns what the summary prints."""
+    if not 1 <= cfg.last_step <= 7:
+        raise DemoError(f"last_step must be in 1..7 (the demo's steps), got {cfg.last_step}")
     out = Path(cfg.out)
     out = out if out.is_absolute() else (REPO / out)
     if cfg.fresh and out.exists():
@@ -236,6 +246,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             env,
         )
     summary["world"] = str(paths.world)
+    if cfg.last_step == 1:
+        return _stopped(summary, started)
 
     # 2. detector (the job reuses weights trained with the same settings and data)
     det_out = _run_job(
@@ -259,6 +271,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         env,
     )
     summary["detector"] = next((ln for ln in det_out.splitlines() if "mAP@0.5" in ln), "").strip()
+    if cfg.last_step == 2:
+        return _stopped(summary, started)
 
     # 3. shards
     if (paths.shards / "manifest.json").is_file():
@@ -283,6 +297,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             (ln for ln in prep_out.splitlines() if "read" in ln and "accepted" in ln), ""
         )
     summary["shards"] = str(paths.shards)
+    if cfg.last_step == 3:
+        return _stopped(summary, started)
 
     # 4. training (resumes; a finished run returns after its last checkpoint)
     train_args = [
@@ -298,6 +314,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
     checkpoint = _checkpoint(cfg, paths, train_args)
     summary["checkpoint"] = checkpoint
+    if cfg.last_step == 4:
+        return _stopped(summary, started)
 
     # 5. evaluation
     eval_text = _run_job(
@@ -317,6 +335,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         env,
     )
     summary["evaluation"] = eval_text[eval_text.find("evaluation of") :].strip()
+    if cfg.last_step == 5:
+        return _stopped(summary, started)
 
     # 6. comparison
     cmp_text = _run_job(
@@ -332,6 +352,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
     summary["compare_csv"] = next((ln[5:] for ln in cmp_text.splitlines() if ln.startswith("CSV: ")), "")
     summary["compare_html"] = next((ln[6:] for ln in cmp_text.splitlines() if ln.startswith("HTML: ")), "")
+    if cfg.last_step == 6:
+        return _stopped(summary, started)
 
     # 7. service
     if cfg.serve:
@@ -480,18 +502,22 @@ def print_summary(summary: dict[str, Any]) -> None:
         bar,
         f"PoseGPT demo finished in {summary['minutes']:.1f} minutes; everything is under {out}",
         f"  synthetic world   {summary['world']}",
-        f"  detector          {summary.get('detector') or '(see detector/metrics.json)'}",
-        f"  QA shards         {summary['shards']}  (manifest.json, rejects/)",
     ]
+    if "detector" in summary:
+        lines.append(f"  detector          {summary['detector'] or '(see detector/metrics.json)'}")
+    if "shards" in summary:
+        lines.append(f"  QA shards         {summary['shards']}  (manifest.json, rejects/)")
     if summary.get("prepare"):
         lines.append(f"                    {summary['prepare'].strip()}")
-    lines += [
-        f"  checkpoint        {summary['checkpoint']}",
-        f"  report            {out}/eval/report/report.md (rendered bodies beside it)",
-        f"  run comparison    {summary.get('compare_html') or summary.get('compare_csv') or out + '/compare'}",
-        "",
-        summary["evaluation"],
-    ]
+    if "checkpoint" in summary:
+        lines.append(f"  checkpoint        {summary['checkpoint']}")
+    if "evaluation" in summary:
+        lines.append(f"  report            {out}/eval/report/report.md (rendered bodies beside it)")
+    if "compare_csv" in summary:
+        compared = summary.get("compare_html") or summary.get("compare_csv") or out + "/compare"
+        lines.append(f"  run comparison    {compared}")
+    if "evaluation" in summary:
+        lines += ["", summary["evaluation"]]
     serve_info = summary.get("serve")
     if serve_info:
         lines += [

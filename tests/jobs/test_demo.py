@@ -20,16 +20,19 @@ QUICK = [
     "world_size=small",
     # The small world's detector as the tests' fixture trains it (same config and data: reused weights).
     "detector_overrides=[]",
+    # Rows encoded on the workers, as docs/training.md advises for the small world: Ray Data's seven
+    # encoding actors took two of the run's four minutes to start on 2 cores. The preset's actor path
+    # runs in tests/posegpt/training/test_ray_training.py.
     "train_overrides=[schedule.max_steps=4,schedule.warmup_steps=1,checkpoint.every=4,validation.every=4,"
-    "validation.samples=8,logging.every=2]",
+    "validation.samples=8,logging.every=2,data.encode_on=worker]",
     "eval_overrides=[data.max_samples=6,inference.max_new_tokens=12,report.render_size=96,retrieval.model.epochs=3]",
     "serve_port=0",
 ]
 
 
-def _run(out: Path) -> subprocess.CompletedProcess[str]:
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "jobs/demo.py", "--config", str(PRESET), f"out={out}", *QUICK],
+        [sys.executable, "jobs/demo.py", "--config", str(PRESET), f"out={out}", *QUICK, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -68,11 +71,19 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path: Path) -> None:
     assert len(pngs) == sum(len(a["poses"]) for a in answers)
     assert (out / "mlflow.db").is_file() and (out / "mlartifacts").is_dir()
 
-    second = _run(out)
+    # The rerun checks the data steps' reuse and stops after them (last_step=3).
+    second = _run(out, "last_step=3")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert "1/7 synthetic world: reusing" in second.stdout
     assert "3/7 QA shards: reusing" in second.stdout
     assert "(reused)" in second.stdout  # the detector's weights
+    assert "4/7" not in second.stdout and "PoseGPT demo finished" in second.stdout
+    assert "checkpoint" not in second.stdout[second.stdout.index("PoseGPT demo finished") :]
+
+
+def test_last_step_outside_the_steps_exits_1_naming_it(capsys) -> None:
+    assert main(["--config", str(PRESET), "last_step=8"]) == 1
+    assert "last_step must be in 1..7" in capsys.readouterr().err
 
 
 def test_unknown_demo_key_exits_2_naming_it(capsys) -> None:

@@ -153,7 +153,10 @@ def test_page_edits_an_answered_pose_and_shows_before_and_after(pose_input_serve
             page.wait_for_selector("#message", timeout=30_000)
             page.fill("#message", STANDING)
             page.click("#send")
-            page.wait_for_selector(".pose button.edit-pose", timeout=60_000)
+            answer = page.wait_for_selector(".msg.assistant, .msg.error", timeout=120_000)
+            assert page.query_selector(".pose button.edit-pose"), (
+                f"no pose to edit in: {answer.inner_text()!r}"
+            )
             assert page.is_hidden("#editing")
             page.click(".pose button.edit-pose")
             assert page.is_visible("#editing") and "pose 1" in page.inner_text("#editing-label")
