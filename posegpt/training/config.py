@@ -62,6 +62,10 @@ class OptimizerSection:
     """Adam's moment decay rates."""
     eps: float = 1e-8
     """Adam's epsilon."""
+    head_lr: float | None = None
+    """Peak learning rate of the modules trained from scratch (pose head, pose encoder projector,
+    pose input encoder); the LoRA adapters, new token rows and LLaVA's projector keep ``lr``. Unset:
+    one rate for all. Follows the same warm-up and decay (needs ``schedule.decay: cosine``)."""
 
 
 @dataclass
@@ -214,6 +218,13 @@ class TrainConfig:
             errors.append(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.engine.zero_stage}")
         if self.optimizer.lr <= 0:
             errors.append(f"optimizer.lr must be > 0, got {self.optimizer.lr}")
+        if self.optimizer.head_lr is not None:
+            if self.optimizer.head_lr <= 0:
+                errors.append(f"optimizer.head_lr must be > 0 or unset, got {self.optimizer.head_lr}")
+            if self.schedule.decay != "cosine":
+                # DeepSpeed's WarmupLR and WarmupDecayLR set one absolute peak for every group;
+                # WarmupCosineLR scales each group's own rate.
+                errors.append(f"optimizer.head_lr needs schedule.decay=cosine, got {self.schedule.decay!r}")
         if self.schedule.warmup_steps < 0 or self.validation.every < 0 or self.validation.samples < 0:
             errors.append("schedule.warmup_steps, validation.every and validation.samples must be >= 0")
         if not 0.0 <= self.schedule.min_lr_ratio <= 1.0 or not 0.0 <= self.schedule.warmup_start_ratio <= 1.0:

@@ -96,6 +96,7 @@ class Worker:
         from posegpt.model.collate import Collator
         from posegpt.model.posegpt_model import build_model
         from posegpt.training.deepspeed_config import deepspeed_config
+        from posegpt.training.optimizer_groups import parameter_groups
 
         torch.manual_seed(self.cfg.seed)
         # One process per node fetches or builds the base model; the others then find it in the cache.
@@ -111,9 +112,8 @@ class Worker:
         self.ds_config = deepspeed_config(
             self.cfg, self.world, "cuda" if self.device.type == "cuda" else "cpu", bf16_ok
         )
-        params = [p for p in model.parameters() if p.requires_grad]
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=params, config=self.ds_config
+            model=model, model_parameters=parameter_groups(model, self.cfg.optimizer), config=self.ds_config
         )
         # DeepSpeed's warm-up schedulers start at iteration -1, i.e. lr 0 for the first update;
         # one step moves them to iteration 0 so the first update uses warmup_start_ratio × lr.
