@@ -69,7 +69,8 @@ def _resources(cfg: TrainConfig) -> str:
 
 def _lr(cfg: TrainConfig) -> str:
     s = cfg.schedule
-    return f"{cfg.optimizer.lr:g}, {s.decay} to {s.min_lr_ratio:g}×"
+    head = "" if cfg.optimizer.head_lr is None else f" (modules from scratch {cfg.optimizer.head_lr:g})"
+    return f"{cfg.optimizer.lr:g}{head}, {s.decay} to {s.min_lr_ratio:g}×"
 
 
 ROWS: tuple[tuple[str, Callable[[TrainConfig], str]], ...] = (
