@@ -2,8 +2,9 @@
 
     python benchmarks/head_lr_probe.py --shards outputs/demo/shards --steps 200 --head-lr 3e-4 1e-3
 
-Trains the tiny preset in one process (no Ray, no DeepSpeed: the same model, loss, AdamW, warm-up
-and cosine schedule as ``jobs/train.py``, one worker's batch of the preset's task mix per step) once
+Trains the tiny preset in one process (no Ray, no DeepSpeed engine: the same model, loss, AdamW and
+DeepSpeed scheduler, built from the block ``jobs/train.py`` hands DeepSpeed, with
+``schedule.max_steps`` set to ``--steps``; one worker's batch of the preset's task mix per step) once
 per ``--head-lr``: the LoRA adapters and the new token rows keep ``optimizer.lr``; the pose head,
 the pose encoder's projector and the pose input encoder take the probed rate
 (``optimizer.head_lr``). Prints, per run, the teacher-forced PA-MPJPE of each validation task's
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -39,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of configs/train/tiny.yaml")
     args = parser.parse_args(argv)
 
+    from deepspeed.runtime import lr_schedules
+
     from posegpt.body.model import BodyModel
     from posegpt.config import load_config
     from posegpt.model.collate import Collator
     from posegpt.model.posegpt_model import build_model
     from posegpt.training.config import TrainConfig
+    from posegpt.training.deepspeed_config import scheduler_config
     from posegpt.training.optimizer_groups import parameter_groups
     from posegpt.training.shards import first_poses, read_rows
     from posegpt.training.validation import predict_poses, score, training_mean_pose
@@ -63,28 +66,26 @@ def main(argv: list[str] | None = None) -> int:
 
     table: dict[float, dict[int, dict[str, float]]] = {}
     for head_lr in args.head_lr:
-        cfg = dataclasses.replace(base, optimizer=dataclasses.replace(base.optimizer, head_lr=head_lr))
+        cfg = dataclasses.replace(
+            base,
+            optimizer=dataclasses.replace(base.optimizer, head_lr=head_lr),
+            schedule=dataclasses.replace(base.schedule, max_steps=args.steps),
+        )
         model_cfg = dataclasses.replace(cfg.model, pose_head_mean_pose=[float(v) for v in mean])
         torch.manual_seed(cfg.seed)
         model = build_model(model_cfg)
         collate = Collator.for_model(model)
         groups = parameter_groups(model, cfg.optimizer)
         opt = torch.optim.AdamW(groups, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps)
-        peaks = [g["lr"] for g in opt.param_groups]
+        block = scheduler_config(cfg)
+        # The same class and parameters DeepSpeed builds from the config's "scheduler" block.
+        scheduler = getattr(lr_schedules, block["type"])(opt, **block["params"])
         params = [p for g in opt.param_groups for p in g["params"]]
-        sched = cfg.schedule
         rng = np.random.default_rng(cfg.seed)
         orders = {t: rng.permutation(len(rows)) for t, rows in train.items()}
         table[head_lr] = {}
         start = time.time()
         for step in range(1, args.steps + 1):
-            if step <= sched.warmup_steps:
-                ratio = sched.warmup_start_ratio + (1 - sched.warmup_start_ratio) * step / sched.warmup_steps
-            else:
-                done = (step - sched.warmup_steps) / max(1, args.steps - sched.warmup_steps)
-                ratio = sched.min_lr_ratio + (1 - sched.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
-            for group, peak in zip(opt.param_groups, peaks, strict=True):
-                group["lr"] = peak * ratio
             rows = []
             for task, n in counts.items():
                 order = orders[task]
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.engine.grad_clip)
             opt.step()
+            scheduler.step()
             if step % args.every == 0 or step == args.steps:
                 model.eval()
                 ratios = {}

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
             "step_ms": 1000 * statistics.mean(step),
             "samples_per_s": statistics.median(measured(h["train/samples_per_s"], args.skip)),
             "fit_s": r["fit_s"],
+            "first_step_s": r["first_step_s"],
         }
     ray.shutdown()
     return out
@@ -108,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'encode_on':10s} {'wait share':>10s} {'wait/step':>10s} {'p90 wait':>9s} {'step':>8s} {'samples/s':>10s}"
+        f" {'fit->1st step':>14s}"
     )
     for where, r in results.items():
         print(
             f"{where:10s} {r['share']:10.1%} {r['wait_ms']:8.1f}ms {r['p90_wait_ms']:7.1f}ms "
-            f"{r['step_ms']:6.0f}ms {r['samples_per_s']:10.1f}"
+            f"{r['step_ms']:6.0f}ms {r['samples_per_s']:10.1f} {r['first_step_s']:13.1f}s"
         )
     return 0
 
