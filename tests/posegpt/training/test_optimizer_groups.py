@@ -24,7 +24,7 @@ def test_groups_split_every_trainable_parameter_once(tiny_model_config) -> None:
     trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
     cfg = load_config(TrainConfig, TINY, ["optimizer.lr=3e-4"]).optimizer
 
-    (single,) = parameter_groups(model, cfg)
+    (single,) = parameter_groups(model, dataclasses.replace(cfg, head_lr=None))
     assert single["lr"] == 3e-4 and {id(p) for p in single["params"]} == set(trainable)
 
     adapters, scratch = parameter_groups(model, dataclasses.replace(cfg, head_lr=1e-3))
