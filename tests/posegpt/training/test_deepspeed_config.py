@@ -68,14 +68,17 @@ def test_precision_resolution():
 
 def test_zero3_and_the_other_schedules():
     cfg = load_config(
-        TrainConfig, TINY, ["engine.zero_stage=3", "schedule.decay=linear", "schedule.warmup_steps=0"]
+        TrainConfig,
+        TINY,
+        # DeepSpeed's linear and constant schedules take one rate for all groups (no head_lr).
+        ["engine.zero_stage=3", "schedule.decay=linear", "schedule.warmup_steps=0", "optimizer.head_lr=null"],
     )
     ds = deepspeed_config(cfg, world_size=1, device="cpu", bf16_supported=False)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert ds["scheduler"]["type"] == "WarmupDecayLR"
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 1
-    cfg = load_config(TrainConfig, TINY, ["schedule.decay=constant"])
+    cfg = load_config(TrainConfig, TINY, ["schedule.decay=constant", "optimizer.head_lr=null"])
     assert deepspeed_config(cfg, 1, "cpu", False)["scheduler"]["type"] == "WarmupLR"
 
 
